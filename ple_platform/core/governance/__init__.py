@@ -1,0 +1,1 @@
+"""Governance: pseudonymisation, audit log, registry, fairness, reports."""

@@ -1,0 +1,68 @@
+"""Runtime settings from the environment, in one place, each with a working local default.
+
+Switching from the embedded default (DuckDB file + local artifact folder) to production (S3 artifacts,
+Postgres run storage, Kubernetes GPU steps) is configuration: environment variables and instance config,
+never code edits. See docs/operations.md for the full table.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Mapping
+
+from ple_platform.core.data.schema import parse_month
+
+DEFAULT_START_MONTH = date(2015, 1, 1)
+DEFAULT_END_MONTH = date(2016, 5, 1)  # inclusive: 17 monthly snapshots
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable and what is expected."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str  # "dev" (demo, tests) or "prod"
+    data_dir: Path
+    warehouse_path: str
+    landing_kind: str  # "synthetic" (canonical parquet layout) or "santander" (Kaggle CSV)
+    landing_path: Path
+    landing_transactions_path: Path | None
+    artifacts_uri: str  # local folder or s3://bucket/prefix
+    s3_endpoint_url: str | None
+    start_month: date
+    end_month: date
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        e = os.environ if environ is None else environ
+        env = e.get("PLE_ENV", "dev")
+        if env not in ("dev", "prod"):
+            raise SettingsError(f"PLE_ENV={env!r}: expected 'dev' or 'prod'")
+        data_dir = Path(e.get("PLE_DATA_DIR", "data")).resolve()
+        kind = e.get("PLE_LANDING_KIND", "synthetic")
+        if kind not in ("synthetic", "santander"):
+            raise SettingsError(f"PLE_LANDING_KIND={kind!r}: expected 'synthetic' or 'santander'")
+        try:
+            start = parse_month(e.get("PLE_START_MONTH", DEFAULT_START_MONTH.isoformat()))
+            end = parse_month(e.get("PLE_END_MONTH", DEFAULT_END_MONTH.isoformat()))
+        except ValueError as err:
+            raise SettingsError(f"PLE_START_MONTH/PLE_END_MONTH: {err}") from None
+        if end < start:
+            raise SettingsError(f"PLE_END_MONTH {end} is before PLE_START_MONTH {start}")
+        txn = e.get("PLE_LANDING_TRANSACTIONS")
+        return cls(
+            env=env,
+            data_dir=data_dir,
+            warehouse_path=e.get("PLE_WAREHOUSE", str(data_dir / "warehouse.duckdb")),
+            landing_kind=kind,
+            landing_path=Path(e.get("PLE_LANDING", str(data_dir / "landing"))),
+            landing_transactions_path=Path(txn) if txn else None,
+            artifacts_uri=e.get("PLE_ARTIFACTS", str(data_dir / "artifacts")),
+            s3_endpoint_url=e.get("PLE_S3_ENDPOINT_URL") or None,
+            start_month=start,
+            end_month=end,
+        )

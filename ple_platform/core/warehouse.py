@@ -1,0 +1,90 @@
+"""DuckDB warehouse conventions: one schema per layer, one ``month`` column per table, and partition
+writes that replace exactly one month inside a single transaction.
+
+Concurrency: a DuckDB file accepts one writing process at a time. Writers open short-lived connections
+(the Dagster ``DuckDBResource`` retries on lock) and the writing assets share the ``duckdb_warehouse``
+concurrency pool (limit 1 in dagster.yaml), so parallel steps queue instead of failing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import date
+
+import duckdb
+import pyarrow as pa
+
+from ple_platform.core.data.schema import TABLE_SCHEMAS
+
+_ARROW_TO_DUCKDB = {
+    pa.string(): "VARCHAR",
+    pa.date32(): "DATE",
+    pa.int8(): "TINYINT",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+    pa.timestamp("us"): "TIMESTAMP",
+}
+
+
+def duckdb_type(t: pa.DataType) -> str:
+    return _ARROW_TO_DUCKDB[t]
+
+
+def raw_table_columns(table: str) -> list[tuple[str, str]]:
+    """(name, DuckDB type) of a raw warehouse table: the canonical columns, plus ``month`` for transactions."""
+    cols = [(f.name, duckdb_type(f.type)) for f in TABLE_SCHEMAS[table]]
+    if "month" not in {n for n, _ in cols}:
+        cols.insert(1, ("month", "DATE"))
+    return cols
+
+
+def ensure_raw_table(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    cols = ", ".join(f'"{n}" {t}' for n, t in raw_table_columns(table))
+    con.execute(f"CREATE TABLE IF NOT EXISTS raw.{table} ({cols})")
+    return f"raw.{table}"
+
+
+def replace_partition(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date, select_sql: str) -> int:
+    """Atomically replace the rows of ``month`` with the rows of ``select_sql``; returns the new row count.
+
+    Either the whole month is replaced or, on any error, the table is left exactly as it was.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(f"DELETE FROM {qualified_table} WHERE month = ?", [month])
+        con.execute(f"INSERT INTO {qualified_table} {select_sql}")
+        (n,) = con.execute(f"SELECT count(*) FROM {qualified_table} WHERE month = ?", [month]).fetchone()
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return int(n)
+
+
+def partition_content_hash(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date) -> str:
+    """Order-independent SHA-256 of a month's rows: the same rows give the same hash in any order."""
+    (n, acc) = con.execute(
+        f"""SELECT count(*), coalesce(sum(('0x' || left(md5(CAST(t AS VARCHAR)), 16))::UBIGINT::HUGEINT), 0)
+            FROM {qualified_table} t WHERE month = ?""",
+        [month],
+    ).fetchone()
+    return hashlib.sha256(f"{qualified_table}|{month}|{n}|{acc}".encode()).hexdigest()
+
+
+def null_rates(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date) -> dict[str, float]:
+    cols = [r[0] for r in con.execute(f"DESCRIBE {qualified_table}").fetchall()]
+    exprs = ", ".join(f'avg(CASE WHEN "{c}" IS NULL THEN 1.0 ELSE 0.0 END)' for c in cols)
+    row = con.execute(f"SELECT {exprs} FROM {qualified_table} WHERE month = ?", [month]).fetchone()
+    return {c: float(v or 0.0) for c, v in zip(cols, row)}
+
+
+def stored_months(con: duckdb.DuckDBPyConnection, qualified_table: str) -> list[date]:
+    try:
+        return [r[0] for r in con.execute(f"SELECT DISTINCT month FROM {qualified_table} ORDER BY 1").fetchall()]
+    except duckdb.CatalogException:
+        return []

@@ -1,0 +1,20 @@
+"""The one monthly partitions definition every asset uses (snapshot months, keyed by their first day)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ple_platform.core.data.schema import add_months
+from ple_platform.core.settings import Settings
+
+
+def monthly_partitions(settings: Settings) -> dg.MonthlyPartitionsDefinition:
+    # end_date is exclusive, so the last partition is settings.end_month.
+    return dg.MonthlyPartitionsDefinition(
+        start_date=settings.start_month.isoformat(),
+        end_date=add_months(settings.end_month, 1).isoformat(),
+        timezone="UTC",
+    )
+
+
+MONTHLY = monthly_partitions(Settings.from_env())

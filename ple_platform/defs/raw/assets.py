@@ -1,0 +1,141 @@
+"""Raw layer (group ``raw``): each month's landing files, validated, pseudonymised and stored in DuckDB.
+
+One factory builds the three assets from ``RAW_TABLES``. A bad file fails the run with a message naming
+the file, column, rule and offending row count, before anything is written; the blocking checks then
+prove the stored month is sound, so nothing downstream runs on a broken partition.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from ple_platform.core.data import raw_checks
+from ple_platform.core.data.landing import validated_month
+from ple_platform.core.data.schema import RAW_TABLES, TABLE_SCHEMAS
+from ple_platform.core.data.validation import RawDataError
+from ple_platform.core.governance.pseudonymise import hmac_sql, pseudonymisation_key
+from ple_platform.core.warehouse import (
+    duckdb_type,
+    ensure_raw_table,
+    null_rates,
+    partition_content_hash,
+    raw_table_columns,
+    replace_partition,
+)
+from ple_platform.defs.partitions import MONTHLY
+from ple_platform.defs.resources import LandingZoneResource
+
+WAREHOUSE_POOL = "duckdb_warehouse"
+
+_DESCRIPTIONS = {
+    "customers": "Monthly customer snapshot: demographics, income, tenure, activity, suitability profile. "
+    "Customer ids are keyed-HMAC pseudonyms.",
+    "holdings": "Monthly holdings of the 24 Santander products (0/1, NULL = unknown in the source).",
+    "transactions": "Card transactions of the month: timestamp, amount, ISO 18245 MCC, merchant id.",
+}
+
+
+def _insert_select(table: str, validated_sql: str, key: bytes) -> str:
+    exprs = []
+    for name, _ in raw_table_columns(table):
+        if name == "customer_id":
+            exprs.append(f"{hmac_sql('customer_id', key)} AS customer_id")
+        elif name == "month" and table == "transactions":
+            exprs.append("CAST(date_trunc('month', ts) AS DATE) AS month")
+        else:
+            exprs.append(f'"{name}"')
+    return f"SELECT {', '.join(exprs)} FROM ({validated_sql}) src"
+
+
+def _null_rate_table(rates: dict[str, float]) -> str:
+    rows = [f"| {c} | {r:.1%} |" for c, r in rates.items() if c not in ("customer_id", "month")]
+    return "| column | null rate |\n|---|---|\n" + "\n".join(rows)
+
+
+def _column_schema(table: str) -> dg.TableSchema:
+    return dg.TableSchema(columns=[dg.TableColumn(n, t) for n, t in raw_table_columns(table)])
+
+
+def build_raw_asset(table: str) -> dg.AssetsDefinition:
+    check_specs = [
+        dg.AssetCheckSpec(name, asset=f"raw_{table}", blocking=True, partitions_def=MONTHLY)
+        for name in raw_checks.check_names(table)
+    ]
+    deps = [] if table == "customers" else ["raw_customers"]
+
+    @dg.asset(
+        name=f"raw_{table}",
+        group_name="raw",
+        partitions_def=MONTHLY,
+        deps=deps,
+        check_specs=check_specs,
+        pool=WAREHOUSE_POOL,
+        kinds={"duckdb"},
+        owners=["team:data-platform"],
+        description=_DESCRIPTIONS[table],
+        metadata={"dagster/table_name": f"raw.{table}", "dagster/column_schema": _column_schema(table)},
+    )
+    def _raw(context: dg.AssetExecutionContext, warehouse: DuckDBResource, landing: LandingZoneResource):
+        month = date.fromisoformat(context.partition_key)
+        with warehouse.get_connection() as con:
+            try:
+                validated = validated_month(con, landing.source(), table, month)
+            except RawDataError as err:
+                # The message already names file, column, rule and row count: show it, not a traceback.
+                raise dg.Failure(description=str(err), metadata={"rule": err.rule, "offending_rows": err.n_rows}) from None
+            qualified = ensure_raw_table(con, table)
+            if validated is None:
+                # Source without this table (e.g. Santander without transactions): explicitly unavailable.
+                n_rows = replace_partition(con, qualified, month, _insert_select(table, _empty_sql(table), b"x"))
+                return dg.MaterializeResult(
+                    metadata={"available": False, "dagster/row_count": n_rows},
+                    check_results=[
+                        dg.AssetCheckResult(
+                            check_name=name,
+                            passed=False,
+                            severity=dg.AssetCheckSeverity.WARN,
+                            description=f"{table} is unavailable from the {landing.kind} source",
+                        )
+                        for name in raw_checks.check_names(table)
+                    ],
+                    data_version=dg.DataVersion("unavailable"),
+                )
+            n_rows = replace_partition(con, qualified, month, _insert_select(table, validated.sql, pseudonymisation_key()))
+            content_hash = partition_content_hash(con, qualified, month)
+            rates = null_rates(con, qualified, month)
+            results = raw_checks.run_rules(con, table, month)
+        context.log.info(f"raw.{table} {month}: {n_rows} rows from {validated.source}")
+        return dg.MaterializeResult(
+            metadata={
+                "available": True,
+                "dagster/row_count": n_rows,
+                "dagster/partition_row_count": n_rows,
+                "content_hash": content_hash,
+                "source": validated.source,
+                "null_rates": dg.MetadataValue.md(_null_rate_table(rates)),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=r.name,
+                    passed=r.passed,
+                    severity=dg.AssetCheckSeverity.ERROR,
+                    description=r.description,
+                    metadata={"offending_rows": r.offending_rows},
+                )
+                for r in results
+            ],
+            data_version=dg.DataVersion(content_hash),
+        )
+
+    return _raw
+
+
+def _empty_sql(table: str) -> str:
+    cols = ", ".join(f'CAST(NULL AS {duckdb_type(f.type)}) AS "{f.name}"' for f in TABLE_SCHEMAS[table])
+    return f"SELECT {cols} WHERE false"
+
+
+raw_assets = [build_raw_asset(t) for t in RAW_TABLES]

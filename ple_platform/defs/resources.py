@@ -1,0 +1,52 @@
+"""Resources, chosen per environment in one place. Every resource has a working local default:
+a DuckDB file, a local artifact folder and the synthetic landing zone under ``PLE_DATA_DIR``.
+Production swaps in S3 (``PLE_ARTIFACTS=s3://...``) and the Kubernetes run launcher via dagster.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from ple_platform.core.data.landing import LandingSource
+from ple_platform.core.settings import Settings
+from ple_platform.core.storage import ArtifactStore, artifact_store_from_uri
+
+
+class ArtifactStoreResource(dg.ConfigurableResource):
+    """Binary artifacts (fitted feature state, checkpoints, LightGBM text models, reports): local or S3."""
+
+    uri: str
+    s3_endpoint_url: str | None = None
+
+    def store(self) -> ArtifactStore:
+        return artifact_store_from_uri(self.uri, self.s3_endpoint_url)
+
+
+class LandingZoneResource(dg.ConfigurableResource):
+    """Where monthly source files land: the synthetic/canonical parquet layout or a Santander CSV."""
+
+    kind: str = "synthetic"
+    path: str
+    transactions_path: str | None = None
+
+    def source(self) -> LandingSource:
+        return LandingSource(
+            kind=self.kind,  # type: ignore[arg-type]
+            path=Path(self.path),
+            transactions_path=Path(self.transactions_path) if self.transactions_path else None,
+        )
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    return {
+        "warehouse": DuckDBResource(database=settings.warehouse_path),
+        "artifacts": ArtifactStoreResource(uri=settings.artifacts_uri, s3_endpoint_url=settings.s3_endpoint_url),
+        "landing": LandingZoneResource(
+            kind=settings.landing_kind,
+            path=str(settings.landing_path),
+            transactions_path=str(settings.landing_transactions_path) if settings.landing_transactions_path else None,
+        ),
+    }
