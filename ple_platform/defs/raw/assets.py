@@ -5,7 +5,6 @@ the file, column, rule and offending row count, before anything is written; the 
 prove the stored month is sound, so nothing downstream runs on a broken partition.
 """
 
-from __future__ import annotations
 
 from datetime import date
 
@@ -115,6 +114,8 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
                 "dagster/partition_row_count": n_rows,
                 "content_hash": content_hash,
                 "source": validated.source,
+                # Source values the adapter mapped to NULL (e.g. Santander's -999999 tenure): counted, never hidden.
+                "coerced_to_null": dg.MetadataValue.json(dict(getattr(validated, "coerced", {}) or {})),
                 "null_rates": dg.MetadataValue.md(_null_rate_table(rates)),
             },
             check_results=[
