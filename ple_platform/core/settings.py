@@ -17,6 +17,9 @@ from ple_platform.core.data.schema import parse_month
 
 DEFAULT_START_MONTH = date(2015, 1, 1)
 DEFAULT_END_MONTH = date(2016, 5, 1)  # inclusive: 17 monthly snapshots
+# Fitted feature state is anchored here: inside the training window (label months <= t-3) of every model
+# built from 2016-03 on, so no fit ever sees a validation or test month of those models.
+DEFAULT_FIT_END_MONTH = date(2015, 12, 1)
 
 
 class SettingsError(ValueError):
@@ -35,6 +38,7 @@ class Settings:
     s3_endpoint_url: str | None
     start_month: date
     end_month: date
+    fit_end_month: date
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -49,6 +53,7 @@ class Settings:
         try:
             start = parse_month(e.get("PLE_START_MONTH", DEFAULT_START_MONTH.isoformat()))
             end = parse_month(e.get("PLE_END_MONTH", DEFAULT_END_MONTH.isoformat()))
+            fit_end = parse_month(e.get("PLE_FIT_END_MONTH", DEFAULT_FIT_END_MONTH.isoformat()))
         except ValueError as err:
             raise SettingsError(f"PLE_START_MONTH/PLE_END_MONTH: {err}") from None
         if end < start:
@@ -65,4 +70,5 @@ class Settings:
             s3_endpoint_url=e.get("PLE_S3_ENDPOINT_URL") or None,
             start_month=start,
             end_month=end,
+            fit_end_month=max(start, min(fit_end, end)),
         )

@@ -1,0 +1,105 @@
+"""Quality rules every feature group's monthly partition must meet (backing the partitioned asset checks).
+
+Thresholds are stated here once and documented in docs/features.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ple_platform.core.features.spec import FeatureGroupSpec
+
+MAX_NULL_RATE = 0.0  # features are never NULL: missing source values become explicit flags upstream
+MAX_CONSTANT_SHARE = 0.10  # share of columns allowed to be constant beyond documented "no data" values
+NO_DATA_VALUES = (0.0, -1.0)  # zero activity / lag-tensor padding
+PSI_WARN = 0.25
+LEAKAGE_MAX_ABS_CORR = 0.95
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    name: str
+    passed: bool
+    description: str
+    metadata: dict
+    blocking: bool = True
+
+
+def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
+    """Population stability index with quantile bins taken from the reference sample."""
+    reference, current = np.asarray(reference, float), np.asarray(current, float)
+    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    ref = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1) / max(len(reference), 1)
+    cur = np.bincount(np.searchsorted(edges, current, side="right"), minlength=len(edges) + 1) / max(len(current), 1)
+    ref, cur = np.clip(ref, 1e-6, None), np.clip(cur, 1e-6, None)
+    return float(((cur - ref) * np.log(cur / ref)).sum())
+
+
+def max_abs_corr(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """Largest |Pearson correlation| between any column of x and the vector y, and that column's index."""
+    xc = x - x.mean(axis=0)
+    yc = y - y.mean()
+    denom = np.sqrt((xc**2).sum(axis=0) * (yc**2).sum())
+    corr = np.where(denom > 0, (xc * yc[:, None]).sum(axis=0) / np.where(denom > 0, denom, 1.0), 0.0)
+    j = int(np.argmax(np.abs(corr))) if corr.size else 0
+    return (float(abs(corr[j])) if corr.size else 0.0), j
+
+
+def evaluate(
+    spec: FeatureGroupSpec,
+    values: np.ndarray,
+    has_source_data: np.ndarray | None,
+    previous: np.ndarray | None,
+    next_month_changes: np.ndarray | None,
+) -> list[QualityResult]:
+    """All rules for one partition. ``has_source_data`` marks customers with data for zero-ok groups;
+    ``previous`` is last month's stored matrix; ``next_month_changes`` the number of product changes each
+    customer makes between t and t+1 (None when month t+1 is not loaded yet)."""
+    out = []
+    finite = np.isfinite(values)
+    out.append(QualityResult("width_and_dtypes", values.shape[1] == spec.dim and values.dtype == np.float32,
+                             f"{values.shape[1]} float32 columns expected {spec.dim}", {"width": int(values.shape[1]), "dtype": str(values.dtype)}))
+    out.append(QualityResult("all_finite", bool(finite.all()), "Every value is finite", {"non_finite": int((~finite).sum())}))
+    out.append(QualityResult("null_rate", True, f"Null rate <= {MAX_NULL_RATE:.0%} (features are stored without NULLs)", {"null_rate": 0.0}))
+
+    spread = values.max(axis=0) - values.min(axis=0) if len(values) else np.zeros(spec.dim)
+    constant = spread == 0
+    no_data_const = constant & np.isin(values[0] if len(values) else np.zeros(spec.dim), NO_DATA_VALUES)
+    other_const = constant & ~no_data_const
+    all_constant = bool(constant.all())
+    share = float(other_const.mean())
+    out.append(QualityResult(
+        "no_constant_columns",
+        (not all_constant) and share <= MAX_CONSTANT_SHARE,
+        f"Not the whole group constant; other constant columns <= {MAX_CONSTANT_SHARE:.0%}",
+        {"constant_columns": int(constant.sum()), "no_data_constant_columns": int(no_data_const.sum()), "other_constant_share": share,
+         "examples": [spec.columns[j] for j in np.flatnonzero(other_const)[:5]]},
+    ))
+    if has_source_data is not None:
+        zero_rows = ~np.any(values != 0, axis=1)
+        bad = int((zero_rows & has_source_data).sum())
+        out.append(QualityResult("no_all_zero_rows_with_data", bad == 0,
+                                 f"Customers with {spec.zero_ok_without} never get an all-zero row",
+                                 {"offending_customers": bad, "customers_without_data": int((~has_source_data).sum())}))
+
+    if previous is not None and len(previous) and len(values):
+        psis = np.array([psi(previous[:, j], values[:, j]) for j in range(values.shape[1])])
+        worst = int(np.argmax(psis))
+        out.append(QualityResult("psi_drift_vs_previous_month", bool(psis.max() <= PSI_WARN),
+                                 f"PSI of every column vs the previous month <= {PSI_WARN}",
+                                 {"max_psi": float(psis.max()), "worst_column": spec.columns[worst], "columns_over": int((psis > PSI_WARN).sum())},
+                                 blocking=False))
+    else:
+        out.append(QualityResult("psi_drift_vs_previous_month", True, "First stored month: no previous month to compare", {"evaluated": False}, blocking=False))
+
+    if next_month_changes is None:
+        out.append(QualityResult("leakage_guard", False, "Not evaluable yet: month t+1 is not in the warehouse (re-run once it lands)",
+                                 {"evaluated": False}, blocking=False))
+    else:
+        corr, j = max_abs_corr(values.astype(np.float64), next_month_changes.astype(np.float64))
+        out.append(QualityResult("leakage_guard", corr < LEAKAGE_MAX_ABS_CORR,
+                                 f"No column has |corr| >= {LEAKAGE_MAX_ABS_CORR} with next month's product changes",
+                                 {"max_abs_corr": corr, "column": spec.columns[j], "evaluated": True}))
+    return out

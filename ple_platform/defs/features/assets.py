@@ -1,0 +1,221 @@
+"""Feature layer (group ``features``): the 17 groups of ``FEATURE_GROUPS``, built by one factory.
+
+Each asset reads raw months <= t through a trailing ``TimeWindowPartitionMapping`` (its lookback), writes
+``features.<group>`` for month t, records the fitted state it used, and reports partitioned checks.
+"""
+
+
+from datetime import date
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pyarrow as pa
+from dagster_duckdb import DuckDBResource
+
+from ple_platform.core.data.schema import PRODUCT_NAMES, add_months
+from ple_platform.core.features import quality
+from ple_platform.core.features.build import BuildContext, build_group
+from ple_platform.core.features.fits import FitPolicy, FitStore
+from ple_platform.core.features.spec import FEATURE_GROUPS, FeatureGroupSpec
+from ple_platform.core.settings import Settings
+from ple_platform.core.warehouse import partition_content_hash, replace_partition
+from ple_platform.defs.gpu import GPU_OP_TAGS
+from ple_platform.defs.partitions import MONTHLY
+from ple_platform.defs.raw.assets import WAREHOUSE_POOL
+from ple_platform.defs.resources import ArtifactStoreResource
+
+CHECK_NAMES = (
+    "width_and_dtypes",
+    "all_finite",
+    "null_rate",
+    "no_constant_columns",
+    "no_all_zero_rows_with_data",
+    "psi_drift_vs_previous_month",
+    "leakage_guard",
+)
+NON_BLOCKING = {"psi_drift_vs_previous_month", "leakage_guard"}
+GPU_GROUPS = {"mamba_temporal"}
+
+
+def _ensure_table(con: duckdb.DuckDBPyConnection, spec: FeatureGroupSpec) -> None:
+    con.execute("CREATE SCHEMA IF NOT EXISTS features")
+    cols = ", ".join(f'"{c}" FLOAT' for c in spec.columns)
+    con.execute(f"CREATE TABLE IF NOT EXISTS {spec.table} (customer_id VARCHAR, month DATE, {cols})")
+
+
+def _write(con: duckdb.DuckDBPyConnection, spec: FeatureGroupSpec, month: date, ids: np.ndarray, values: np.ndarray) -> int:
+    _ensure_table(con, spec)
+    table = pa.table(
+        [pa.array(ids.tolist(), pa.string()), pa.array(np.full(len(ids), np.datetime64(month, "D")), pa.date32())]
+        + [pa.array(values[:, j]) for j in range(values.shape[1])],
+        names=["customer_id", "month", *spec.columns],
+    )
+    con.register("feature_rows", table)
+    try:
+        return replace_partition(con, spec.table, month, "SELECT * FROM feature_rows")
+    finally:
+        con.unregister("feature_rows")
+
+
+def _write_diagrams(con: duckdb.DuckDBPyConnection, month: date, ids: np.ndarray, diagrams: dict) -> int:
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS features.tda_diagrams (customer_id VARCHAR, month DATE, kind VARCHAR, dim TINYINT, birth DOUBLE, death DOUBLE)"
+    )
+    kind = str(diagrams["kind"][0]) if len(diagrams["kind"]) else None
+    table = pa.table({
+        "customer_id": pa.array(ids[diagrams["customer"]].tolist(), pa.string()),
+        "month": pa.array(np.full(len(diagrams["customer"]), np.datetime64(month, "D")), pa.date32()),
+        "kind": pa.array(np.asarray(diagrams["kind"]).astype(str).tolist(), pa.string()),
+        "dim": pa.array(np.asarray(diagrams["dim"], dtype=np.int8)),
+        "birth": pa.array(np.asarray(diagrams["birth"], dtype=np.float64)),
+        "death": pa.array(np.asarray(diagrams["death"], dtype=np.float64)),
+    })
+    con.register("diagram_rows", table)
+    try:
+        con.execute("BEGIN TRANSACTION")
+        con.execute("DELETE FROM features.tda_diagrams WHERE month = ? AND kind = ?", [month, kind])
+        con.execute("INSERT INTO features.tda_diagrams SELECT * FROM diagram_rows")
+        con.execute("COMMIT")
+    finally:
+        con.unregister("diagram_rows")
+    return len(table)
+
+
+def _previous_values(con, spec: FeatureGroupSpec, month: date) -> np.ndarray | None:
+    try:
+        rows = con.execute(f"SELECT * EXCLUDE (customer_id, month) FROM {spec.table} WHERE month = ?", [add_months(month, -1)]).fetchnumpy()
+    except duckdb.CatalogException:
+        return None
+    if not rows or len(next(iter(rows.values()))) == 0:
+        return None
+    return np.stack([np.asarray(rows[c], dtype=np.float64) for c in spec.columns], axis=1)
+
+
+def _next_month_changes(con, month: date, ids: np.ndarray) -> np.ndarray | None:
+    nxt = add_months(month, 1)
+    (n,) = con.execute("SELECT count(*) FROM raw.holdings WHERE month = ?", [nxt]).fetchone()
+    if n == 0:
+        return None
+    diff = " + ".join(f'abs(coalesce(b."{p}",0) - coalesce(a."{p}",0))' for p in PRODUCT_NAMES)
+    con.register("ids", pa.table({"customer_id": pa.array(ids.tolist(), pa.string()), "i": pa.array(np.arange(len(ids)))}))
+    try:
+        rows = con.execute(
+            f"SELECT ids.i, coalesce({diff}, 0) FROM ids JOIN raw.holdings a ON a.customer_id = ids.customer_id AND a.month = ? "
+            f"LEFT JOIN raw.holdings b ON b.customer_id = ids.customer_id AND b.month = ? ORDER BY ids.i",
+            [month, nxt],
+        ).fetchnumpy()
+    finally:
+        con.unregister("ids")
+    out = np.zeros(len(ids))
+    out[rows["i"].astype(np.int64)] = next(v for k, v in rows.items() if k != "i")
+    return out
+
+
+def _has_source_data(con, spec: FeatureGroupSpec, month: date, ids: np.ndarray) -> np.ndarray | None:
+    """Customers with transactions in month t: for them a transaction-based group must not be all zero."""
+    if spec.zero_ok_without != "transactions":
+        return None
+    con.register("ids", pa.table({"customer_id": pa.array(ids.tolist(), pa.string()), "i": pa.array(np.arange(len(ids)))}))
+    try:
+        rows = con.execute(
+            "SELECT ids.i FROM ids SEMI JOIN (SELECT DISTINCT customer_id FROM raw.transactions WHERE month = ?) t USING (customer_id)",
+            [month],
+        ).fetchnumpy()
+    finally:
+        con.unregister("ids")
+    out = np.zeros(len(ids), dtype=bool)
+    out[rows["i"].astype(np.int64)] = True
+    return out
+
+
+def _summary_table(values: np.ndarray, spec: FeatureGroupSpec, k: int = 8) -> str:
+    lines = ["| column | mean | std | min | max |", "|---|---|---|---|---|"]
+    for j in range(min(k, spec.dim)):
+        v = values[:, j]
+        lines.append(f"| {spec.columns[j]} | {v.mean():.4g} | {v.std():.4g} | {v.min():.4g} | {v.max():.4g} |")
+    if spec.dim > k:
+        lines.append(f"| ... {spec.dim - k} more | | | | |")
+    return "\n".join(lines)
+
+
+def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
+    deps = [
+        dg.AssetDep(
+            f"raw_{src}",
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-(spec.lookback_months - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
+            ),
+        )
+        for src in sorted(set(spec.sources) | {"customers"})
+    ]
+    check_specs = [
+        dg.AssetCheckSpec(name, asset=spec.name, blocking=name not in NON_BLOCKING, partitions_def=MONTHLY)
+        for name in CHECK_NAMES
+        if name != "no_all_zero_rows_with_data" or spec.zero_ok_without
+    ]
+
+    @dg.asset(
+        name=spec.name,
+        group_name="features",
+        partitions_def=MONTHLY,
+        deps=deps,
+        check_specs=check_specs,
+        pool=WAREHOUSE_POOL,
+        op_tags=GPU_OP_TAGS if spec.name in GPU_GROUPS else None,
+        kinds={"duckdb", "pytorch" if spec.name in {"mamba_temporal", "graph_collaborative", "product_hierarchy", "merchant_hierarchy"} else "python"},
+        owners=["team:ml-features"],
+        description=f"{spec.algorithm}. {spec.dim} columns; consumed by {', '.join(spec.experts)}.",
+        metadata={
+            "dagster/table_name": spec.table,
+            "width": spec.dim,
+            "fitted": spec.fitted,
+            "lookback_months": spec.lookback_months,
+            "experts": ", ".join(spec.experts),
+        },
+        code_version="1",
+    )
+    def _feature(context: dg.AssetExecutionContext, warehouse: DuckDBResource, artifacts: ArtifactStoreResource):
+        month = date.fromisoformat(context.partition_key)
+        settings = Settings.from_env()
+        policy = FitPolicy(fit_end=settings.fit_end_month, first_month=settings.start_month)
+        with warehouse.get_connection() as con:
+            ctx = BuildContext(con, month, policy, FitStore(artifacts.store(), con))
+            out = build_group(spec.name, ctx)
+            ids = ctx.pop.customer_ids
+            if len(ids) == 0:
+                raise dg.Failure(f"{spec.name} {month}: raw.customers has no rows for this month; materialize raw_customers first")
+            n_rows = _write(con, spec, month, ids, out.values)
+            n_diagram_points = _write_diagrams(con, month, ids, out.diagrams) if out.diagrams is not None else None
+            content_hash = partition_content_hash(con, spec.table, month)
+            results = quality.evaluate(
+                spec, out.values, _has_source_data(con, spec, month, ids), _previous_values(con, spec, month), _next_month_changes(con, month, ids)
+            )
+        metadata = {
+            "dagster/row_count": n_rows,
+            "content_hash": content_hash,
+            "width": spec.dim,
+            "summary": dg.MetadataValue.md(_summary_table(out.values, spec)),
+            "fits": dg.MetadataValue.json([r.__dict__ for r in out.fit_records]),
+        }
+        if n_diagram_points is not None:
+            metadata["diagram_points"] = n_diagram_points
+        return dg.MaterializeResult(
+            metadata=metadata,
+            data_version=dg.DataVersion(content_hash),
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=r.name,
+                    passed=r.passed,
+                    severity=dg.AssetCheckSeverity.ERROR if r.blocking else dg.AssetCheckSeverity.WARN,
+                    description=r.description,
+                    metadata={k: v for k, v in r.metadata.items() if v is not None},
+                )
+                for r in results
+            ],
+        )
+
+    return _feature
+
+
+feature_assets = [build_feature_asset(spec) for spec in FEATURE_GROUPS]
