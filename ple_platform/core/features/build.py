@@ -120,28 +120,23 @@ def _tda_local(ctx: BuildContext) -> GroupOutput:
 
 
 def _hmm(ctx: BuildContext) -> GroupOutput:
-    from ple_platform.core.features.hmm import GaussianHMM, hmm_group_features
+    from ple_platform.core.features.hmm import GaussianHMM, fit_hmm_modes, hmm_group_features
+
+    def inputs(pop: Population) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        panel, mask = monthly_panel(ctx.con, pop, 12)
+        return {mode: (_stack(panel, HMM_METRICS[mode]), mask) for mode, _ in HMM_MODES}
 
     def fit(months):
-        panel, mask = monthly_panel(ctx.con, ctx.fit_population(), 12)
-        arrays = {}
-        for mode, n_states in HMM_MODES:
-            x = _stack(panel, HMM_METRICS[mode])
-            mean, std = x[mask].mean(axis=0), x[mask].std(axis=0)
-            model = GaussianHMM(n_states, seed=ctx.seed).fit(_standardise(x, mean, std), mask)
-            arrays |= {f"{mode}.{k}": v for k, v in model.to_arrays().items()}
-            arrays |= {f"{mode}.scale_mean": mean, f"{mode}.scale_std": std}
+        models = fit_hmm_modes(inputs(ctx.fit_population()), base_seed=ctx.seed)
+        arrays = {f"{mode}.{k}": v for mode, m in models.items() for k, v in m.to_arrays().items()}
         return arrays, {"metrics": {m: list(v) for m, v in HMM_METRICS.items()}}
 
     arrays, _ = ctx.fit("hmm_states", fit)
-    panel, mask = monthly_panel(ctx.con, ctx.pop, 12)
-    models, inputs = {}, {}
-    for mode, _n in HMM_MODES:
-        part = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{mode}.") and "scale_" not in k}
-        models[mode] = GaussianHMM.from_arrays(part)
-        x = _standardise(_stack(panel, HMM_METRICS[mode]), arrays[f"{mode}.scale_mean"], arrays[f"{mode}.scale_std"])
-        inputs[mode] = (x, mask)
-    return GroupOutput(hmm_group_features(models, inputs).astype(np.float32), ctx.records)
+    models = {
+        mode: GaussianHMM.from_arrays({k.split(".", 1)[1]: v for k, v in arrays.items() if k.startswith(f"{mode}.")})
+        for mode, _ in HMM_MODES
+    }
+    return GroupOutput(hmm_group_features(models, inputs(ctx.pop)).astype(np.float32), ctx.records)
 
 
 def _mamba(ctx: BuildContext) -> GroupOutput:
