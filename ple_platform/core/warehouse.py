@@ -58,7 +58,7 @@ def replace_partition(con: duckdb.DuckDBPyConnection, qualified_table: str, mont
     try:
         con.execute(f"DELETE FROM {qualified_table} WHERE month = ?", [month])
         con.execute(f"INSERT INTO {qualified_table} {select_sql}")
-        (n,) = con.execute(f"SELECT count(*) FROM {qualified_table} WHERE month = ?", [month]).fetchone()
+        (n,) = con.execute(f"SELECT count(*) FROM {qualified_table} WHERE month = ?", [month]).fetchall()[0]
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -72,14 +72,14 @@ def partition_content_hash(con: duckdb.DuckDBPyConnection, qualified_table: str,
         f"""SELECT count(*), coalesce(sum(('0x' || left(md5(CAST(t AS VARCHAR)), 16))::UBIGINT::HUGEINT), 0)
             FROM {qualified_table} t WHERE month = ?""",
         [month],
-    ).fetchone()
+    ).fetchall()[0]
     return hashlib.sha256(f"{qualified_table}|{month}|{n}|{acc}".encode()).hexdigest()
 
 
 def null_rates(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date) -> dict[str, float]:
     cols = [r[0] for r in con.execute(f"DESCRIBE {qualified_table}").fetchall()]
     exprs = ", ".join(f'avg(CASE WHEN "{c}" IS NULL THEN 1.0 ELSE 0.0 END)' for c in cols)
-    row = con.execute(f"SELECT {exprs} FROM {qualified_table} WHERE month = ?", [month]).fetchone()
+    row = con.execute(f"SELECT {exprs} FROM {qualified_table} WHERE month = ?", [month]).fetchall()[0]
     return {c: float(v or 0.0) for c, v in zip(cols, row)}
 
 

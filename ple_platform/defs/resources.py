@@ -5,6 +5,7 @@ Production swaps in S3 (``PLE_ARTIFACTS=s3://...``) and the Kubernetes run launc
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -13,6 +14,21 @@ from dagster_duckdb import DuckDBResource
 from ple_platform.core.data.landing import LandingSource
 from ple_platform.core.settings import Settings
 from ple_platform.core.storage import ArtifactStore, artifact_store_from_uri
+
+
+class WarehouseResource(DuckDBResource):
+    """The DuckDB warehouse. Unlike the base resource, the connection is closed even when the asset body
+    raises, so a failed step never keeps the single-writer file lock held in a long-lived process."""
+
+    @contextmanager
+    def get_connection(self):
+        if self.database != ":memory:":
+            Path(self.database).parent.mkdir(parents=True, exist_ok=True)
+        with super().get_connection() as conn:
+            try:
+                yield conn
+            finally:
+                conn.close()
 
 
 class ArtifactStoreResource(dg.ConfigurableResource):
@@ -42,7 +58,7 @@ class LandingZoneResource(dg.ConfigurableResource):
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
-        "warehouse": DuckDBResource(database=settings.warehouse_path),
+        "warehouse": WarehouseResource(database=settings.warehouse_path),
         "artifacts": ArtifactStoreResource(uri=settings.artifacts_uri, s3_endpoint_url=settings.s3_endpoint_url),
         "landing": LandingZoneResource(
             kind=settings.landing_kind,

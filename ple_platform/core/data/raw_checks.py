@@ -114,7 +114,7 @@ def run_rules(con: duckdb.DuckDBPyConnection, table: str, month: date) -> list[R
     out.append(RuleResult("schema_and_dtypes", "; ".join(offences) or "Columns and types match the canonical schema", not offences, len(offences)))
     for rule in RAW_RULES[table]:
         sql = rule.offending_sql.replace("{t}", f"raw.{table}").replace("__MCC__", _known_mcc_list())
-        (n,) = con.execute(sql, [month]).fetchone()
+        (n,) = con.execute(sql, [month]).fetchall()[0]
         out.append(RuleResult(rule.name, rule.description, n == 0, int(n)))
     return out
 

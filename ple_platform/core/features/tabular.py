@@ -51,7 +51,7 @@ def fit_demographics_vocab(con: duckdb.DuckDBPyConnection, fit_months: list[date
     (edges,) = con.execute(
         "SELECT quantile_cont(income, [0.2, 0.4, 0.6, 0.8]) FROM raw.customers WHERE month BETWEEN ? AND ? AND income IS NOT NULL",
         [lo, hi],
-    ).fetchone()
+    ).fetchall()[0]
     return {
         "gender": [g for g in GENDERS if g in vocab("gender")] or list(GENDERS),
         "segment": [s for s in SEGMENTS if s in vocab("segment")] or list(SEGMENTS),

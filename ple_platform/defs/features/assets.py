@@ -11,7 +11,6 @@ import dagster as dg
 import duckdb
 import numpy as np
 import pyarrow as pa
-from dagster_duckdb import DuckDBResource
 
 from ple_platform.core.data.schema import PRODUCT_NAMES, add_months
 from ple_platform.core.features import quality
@@ -23,7 +22,7 @@ from ple_platform.core.warehouse import partition_content_hash, replace_partitio
 from ple_platform.defs.gpu import GPU_OP_TAGS
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource
+from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource
 
 CHECK_NAMES = (
     "width_and_dtypes",
@@ -94,7 +93,7 @@ def _previous_values(con, spec: FeatureGroupSpec, month: date) -> np.ndarray | N
 
 def _next_month_changes(con, month: date, ids: np.ndarray) -> np.ndarray | None:
     nxt = add_months(month, 1)
-    (n,) = con.execute("SELECT count(*) FROM raw.holdings WHERE month = ?", [nxt]).fetchone()
+    (n,) = con.execute("SELECT count(*) FROM raw.holdings WHERE month = ?", [nxt]).fetchall()[0]
     if n == 0:
         return None
     diff = " + ".join(f'abs(coalesce(b."{p}",0) - coalesce(a."{p}",0))' for p in PRODUCT_NAMES)
@@ -175,7 +174,7 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
         },
         code_version="1",
     )
-    def _feature(context: dg.AssetExecutionContext, warehouse: DuckDBResource, artifacts: ArtifactStoreResource):
+    def _feature(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource):
         month = date.fromisoformat(context.partition_key)
         settings = Settings.from_env()
         policy = FitPolicy(fit_end=settings.fit_end_month, first_month=settings.start_month)

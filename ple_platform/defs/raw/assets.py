@@ -9,7 +9,6 @@ prove the stored month is sound, so nothing downstream runs on a broken partitio
 from datetime import date
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from ple_platform.core.data import raw_checks
 from ple_platform.core.data.landing import validated_month
@@ -25,7 +24,7 @@ from ple_platform.core.warehouse import (
     replace_partition,
 )
 from ple_platform.defs.partitions import MONTHLY
-from ple_platform.defs.resources import LandingZoneResource
+from ple_platform.defs.resources import LandingZoneResource, WarehouseResource
 
 WAREHOUSE_POOL = "duckdb_warehouse"
 
@@ -77,7 +76,7 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
         description=_DESCRIPTIONS[table],
         metadata={"dagster/table_name": f"raw.{table}", "dagster/column_schema": _column_schema(table)},
     )
-    def _raw(context: dg.AssetExecutionContext, warehouse: DuckDBResource, landing: LandingZoneResource):
+    def _raw(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource):
         month = date.fromisoformat(context.partition_key)
         with warehouse.get_connection() as con:
             try:
