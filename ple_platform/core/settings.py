@@ -17,9 +17,11 @@ from ple_platform.core.data.schema import parse_month
 
 DEFAULT_START_MONTH = date(2015, 1, 1)
 DEFAULT_END_MONTH = date(2016, 5, 1)  # inclusive: 17 monthly snapshots
-# Fitted feature state is anchored here: inside the training window (label months <= t-3) of every model
-# built from 2016-03 on, so no fit ever sees a validation or test month of those models.
-DEFAULT_FIT_END_MONTH = date(2015, 12, 1)
+# Fitted feature state is anchored here. Months from the anchor on share one fit (consistent feature
+# coordinates) and are the months models train on; earlier months are warm-up months whose features use
+# expanding fits (no look-ahead) and serve monitoring only. The fit reads months <= the anchor, i.e. only
+# the first training month and history before it.
+DEFAULT_FIT_END_MONTH = date(2015, 6, 1)
 
 
 class SettingsError(ValueError):

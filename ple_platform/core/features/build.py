@@ -37,6 +37,10 @@ from ple_platform.core.features.spec import (
 )
 
 FIT_SAMPLE = 20_000  # customers per fit: enough for stable estimates, bounded cost at 1M customers
+# The Mamba encoder is the one expensive fit (~20 ms per customer-epoch on one CPU core at this size):
+# it is fitted on a smaller sample; on the GPU profile the same code runs through the mamba-ssm kernel.
+MAMBA_FIT_SAMPLE = 2_000
+MAMBA_CONFIG = {"d_model": 32, "d_state": 8, "n_layers": 2}
 TDA_METRICS = ("log_spend", "log_count", "log_mean_amount", "n_unique_mcc", "days_active", "n_products", "weekend_ratio", "ratio_evening")
 HMM_METRICS = {
     "journey": ("n_unique_mcc", "n_unique_merchants", "log_count", "recency_days", "days_active"),
@@ -53,6 +57,8 @@ class BuildContext:
     fits: FitStore
     seed: int = 7
     fit_sample: int = FIT_SAMPLE
+    tree_epochs: int = 600  # Poincare tree embeddings (static fits); tests use fewer
+    mamba_fit_sample: int = MAMBA_FIT_SAMPLE
     records: list[FitRecord] = field(default_factory=list)
 
     @cached_property
@@ -63,9 +69,10 @@ class BuildContext:
     def fit_month(self) -> date:
         return self.policy.fit_month(self.month)
 
-    def fit(self, name: str, fit_fn: Callable[[list[date]], Fit], static: bool = False) -> Fit:
-        """Load or compute the fit of ``name`` for this month's anchor; static fits ignore the data."""
-        months = [] if static else self.policy.fit_months(self.month)
+    def fit(self, name: str, fit_fn: Callable[[list[date]], Fit], static: bool = False, window: int | None = None) -> Fit:
+        """Load or compute the fit of ``name`` for this month's anchor; static fits ignore the data.
+        ``window`` limits the recorded (and passed) fit months to the last ``window`` months up to the anchor."""
+        months = [] if static else self.policy.fit_months(self.month)[-(window or 0):]
         key = "static" if static else self.fit_month.isoformat()
         fit, record = self.fits.get_or_fit(name, key, months, lambda: fit_fn(months))
         self.records.append(record)
@@ -143,15 +150,20 @@ def _mamba(ctx: BuildContext) -> GroupOutput:
     from ple_platform.core.features.mamba import encode, fit_mamba_encoder
 
     def fit(months):
-        seqs = last_transactions(ctx.con, ctx.fit_population(), 12)
-        state, metrics = fit_mamba_encoder(seqs, seed=ctx.seed, epochs=3, batch_size=256, max_customers=ctx.fit_sample)
-        return {k: v.detach().cpu().numpy() for k, v in state.items()}, {"metrics": metrics}
+        seqs = last_transactions(ctx.con, subsample(ctx.fit_population(), ctx.mamba_fit_sample), 12)
+        state, metrics = fit_mamba_encoder(seqs, seed=ctx.seed, epochs=2, batch_size=128, device=_torch_device(), **MAMBA_CONFIG)
+        return {k: v.detach().cpu().numpy() for k, v in state.items()}, {"loss_history": metrics["loss_history"], "config": metrics["config"]}
 
-    arrays, meta = ctx.fit("mamba_temporal", fit)
+    arrays, _ = ctx.fit("mamba_temporal", fit)
+    values = encode(arrays, last_transactions(ctx.con, ctx.pop, 12), batch_size=512, device=_torch_device())
+    return GroupOutput(values.astype(np.float32), ctx.records)
+
+
+def _torch_device() -> str:
+    """CUDA when the step landed on a GPU node (k8s profile), else CPU (the embedded default)."""
     import torch
 
-    state = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
-    return GroupOutput(encode(state, last_transactions(ctx.con, ctx.pop, 12), batch_size=512).astype(np.float32), ctx.records)
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _product_hierarchy(ctx: BuildContext) -> GroupOutput:
@@ -160,7 +172,7 @@ def _product_hierarchy(ctx: BuildContext) -> GroupOutput:
     tree, leaves = product_tree()
 
     def fit(_months):
-        emb, metrics = fit_poincare_tree(tree, PRODUCT_EMBED_DIM, seed=ctx.seed)
+        emb, metrics = fit_poincare_tree(tree, PRODUCT_EMBED_DIM, epochs=ctx.tree_epochs, seed=ctx.seed)
         return {"node_emb": emb}, {"metrics": _jsonable(metrics)}
 
     arrays, _ = ctx.fit("product_hierarchy", fit, static=True)
@@ -173,7 +185,7 @@ def _merchant_hierarchy(ctx: BuildContext) -> GroupOutput:
     h = mcc_hierarchy()
 
     def fit(_months):
-        emb, metrics = fit_poincare_tree(h.tree, MERCHANT_EMBED_DIM, seed=ctx.seed)
+        emb, metrics = fit_poincare_tree(h.tree, MERCHANT_EMBED_DIM, epochs=ctx.tree_epochs, seed=ctx.seed)
         return {"node_emb": emb}, {"metrics": _jsonable(metrics)}
 
     arrays, _ = ctx.fit("merchant_hierarchy", fit, static=True)
@@ -199,7 +211,7 @@ def _graph_collaborative(ctx: BuildContext) -> GroupOutput:
         )
         return state, {"metrics": _jsonable(metrics)}
 
-    state, _ = ctx.fit("graph_collaborative", fit)
+    state, _ = ctx.fit("graph_collaborative", fit, window=1)
     holdings = holdings_matrix(ctx.con, ctx.pop)
     return GroupOutput(lightgcn_customer_features(state, _edges(holdings), len(ctx.pop)).astype(np.float32), ctx.records)
 
@@ -215,7 +227,8 @@ def _gmm(ctx: BuildContext) -> GroupOutput:
 
     def fit(months):
         per_month = max(ctx.fit_sample // len(months), 1)
-        x = np.concatenate([_gmm_inputs(ctx.con, subsample(population(ctx.con, m), per_month)) for m in months])
+        # A different salt per month: the fit sees different customers each month, not the same sample 12 times.
+        x = np.concatenate([_gmm_inputs(ctx.con, subsample(population(ctx.con, m), per_month, salt=i)) for i, m in enumerate(months)])
         return fit_gmm(x, GMM_COMPONENTS, seed=ctx.seed), {"n_fit_rows": int(len(x))}
 
     arrays, _ = ctx.fit("gmm_clustering", fit)

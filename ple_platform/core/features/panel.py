@@ -59,15 +59,16 @@ def register_population(con: duckdb.DuckDBPyConnection, pop: Population) -> None
     con.unregister("pop_ids")
 
 
-def subsample(pop: Population, cap: int | None) -> Population:
-    """A deterministic subsample for fitting: the first ``cap`` pseudonyms in sorted order.
+def subsample(pop: Population, cap: int | None, salt: int = 0) -> Population:
+    """A deterministic subsample for fitting: every k-th pseudonym in sorted order, starting at ``salt % k``.
 
     Keyed-HMAC pseudonyms are uniformly distributed, so this is a random sample that does not depend on
-    storage order or on which other months exist.
+    storage order or on which other months exist; a different salt (e.g. per month) picks other customers.
     """
     if cap is None or len(pop) <= cap:
         return pop
-    return Population(pop.month, pop.customer_ids[:cap])
+    step = len(pop) // cap
+    return Population(pop.month, pop.customer_ids[salt % step :: step][:cap])
 
 
 def month_end(month: date) -> date:

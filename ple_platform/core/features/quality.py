@@ -50,6 +50,7 @@ def max_abs_corr(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
 def evaluate(
     spec: FeatureGroupSpec,
     values: np.ndarray,
+    stored_null_rate: float,
     has_source_data: np.ndarray | None,
     previous: np.ndarray | None,
     next_month_changes: np.ndarray | None,
@@ -58,11 +59,12 @@ def evaluate(
     ``previous`` is last month's stored matrix; ``next_month_changes`` the number of product changes each
     customer makes between t and t+1 (None when month t+1 is not loaded yet)."""
     out = []
+    out.append(QualityResult("null_rate", stored_null_rate <= MAX_NULL_RATE, f"Null rate of the stored partition <= {MAX_NULL_RATE:.0%}",
+                             {"null_rate": stored_null_rate}))
     finite = np.isfinite(values)
     out.append(QualityResult("width_and_dtypes", values.shape[1] == spec.dim and values.dtype == np.float32,
                              f"{values.shape[1]} float32 columns expected {spec.dim}", {"width": int(values.shape[1]), "dtype": str(values.dtype)}))
     out.append(QualityResult("all_finite", bool(finite.all()), "Every value is finite", {"non_finite": int((~finite).sum())}))
-    out.append(QualityResult("null_rate", True, f"Null rate <= {MAX_NULL_RATE:.0%} (features are stored without NULLs)", {"null_rate": 0.0}))
 
     spread = values.max(axis=0) - values.min(axis=0) if len(values) else np.zeros(spec.dim)
     constant = spread == 0
@@ -99,7 +101,7 @@ def evaluate(
                                  {"evaluated": False}, blocking=False))
     else:
         corr, j = max_abs_corr(values.astype(np.float64), next_month_changes.astype(np.float64))
-        out.append(QualityResult("leakage_guard", corr < LEAKAGE_MAX_ABS_CORR,
+        out.append(QualityResult("leakage_guard", corr < LEAKAGE_MAX_ABS_CORR,  # a real failure blocks
                                  f"No column has |corr| >= {LEAKAGE_MAX_ABS_CORR} with next month's product changes",
                                  {"max_abs_corr": corr, "column": spec.columns[j], "evaluated": True}))
     return out

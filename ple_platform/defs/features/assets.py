@@ -33,7 +33,9 @@ CHECK_NAMES = (
     "psi_drift_vs_previous_month",
     "leakage_guard",
 )
-NON_BLOCKING = {"psi_drift_vs_previous_month", "leakage_guard"}
+# Drift only warns. The leakage guard blocks when it fails; while month t+1 is not loaded it reports a
+# WARN "not evaluable", which does not block.
+NON_BLOCKING = {"psi_drift_vs_previous_month"}
 GPU_GROUPS = {"mamba_temporal"}
 
 
@@ -128,6 +130,12 @@ def _has_source_data(con, spec: FeatureGroupSpec, month: date, ids: np.ndarray) 
     return out
 
 
+def _stored_null_rate(con, spec: FeatureGroupSpec, month: date) -> float:
+    any_null = " OR ".join(f'"{c}" IS NULL' for c in spec.columns)
+    n, bad = con.execute(f"SELECT count(*), count(*) FILTER ({any_null}) FROM {spec.table} WHERE month = ?", [month]).fetchall()[0]
+    return bad / n if n else 0.0
+
+
 def _summary_table(values: np.ndarray, spec: FeatureGroupSpec, k: int = 8) -> str:
     lines = ["| column | mean | std | min | max |", "|---|---|---|---|---|"]
     for j in range(min(k, spec.dim)):
@@ -142,8 +150,11 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
     deps = [
         dg.AssetDep(
             f"raw_{src}",
+            # Holdings are read one month further back: the first window month's product changes need it.
             partition_mapping=dg.TimeWindowPartitionMapping(
-                start_offset=-(spec.lookback_months - 1), end_offset=0, allow_nonexistent_upstream_partitions=True
+                start_offset=-(spec.lookback_months - (0 if src == "holdings" else 1)),
+                end_offset=0,
+                allow_nonexistent_upstream_partitions=True,
             ),
         )
         for src in sorted(set(spec.sources) | {"customers"})
@@ -188,7 +199,7 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
             n_diagram_points = _write_diagrams(con, month, ids, out.diagrams) if out.diagrams is not None else None
             content_hash = partition_content_hash(con, spec.table, month)
             results = quality.evaluate(
-                spec, out.values, _has_source_data(con, spec, month, ids), _previous_values(con, spec, month), _next_month_changes(con, month, ids)
+                spec, out.values, _stored_null_rate(con, spec, month), _has_source_data(con, spec, month, ids), _previous_values(con, spec, month), _next_month_changes(con, month, ids)
             )
         metadata = {
             "dagster/row_count": n_rows,

@@ -1,0 +1,71 @@
+"""The Definitions object: groups, partitions, checks, and GPU dispatch tags rendered into a k8s Job."""
+
+import json
+
+import dagster as dg
+from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
+
+from ple_platform.core.features.spec import FEATURE_GROUPS
+from ple_platform.definitions import defs
+from ple_platform.defs.partitions import MONTHLY
+
+
+def _specs_by_group():
+    graph = defs.resolve_asset_graph()
+    out = {}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        out.setdefault(node.group_name, set()).add(key.to_user_string())
+    return graph, out
+
+
+def test_definitions_load_and_groups():
+    dg.Definitions.validate_loadable(defs)
+    graph, groups = _specs_by_group()
+    assert groups["raw"] == {"raw_customers", "raw_holdings", "raw_transactions"}
+    assert groups["features"] == {g.name for g in FEATURE_GROUPS}
+    for key in graph.get_all_asset_keys():
+        assert graph.get(key).partitions_def == MONTHLY
+    assert len(MONTHLY.get_partition_keys()) == 17
+    assert MONTHLY.get_partition_keys()[0] == "2015-01-01" and MONTHLY.get_partition_keys()[-1] == "2016-05-01"
+
+
+def test_every_asset_has_blocking_partitioned_checks():
+    graph, _ = _specs_by_group()
+    for key in graph.get_all_asset_keys():
+        checks = list(graph.get_check_keys_for_assets([key]))
+        assert checks, key
+        spec = graph.get_check_spec(checks[0])
+        assert spec.partitions_def == MONTHLY
+
+
+def test_feature_history_windows_are_explicit_partition_mappings():
+    graph, _ = _specs_by_group()
+    node = graph.get(dg.AssetKey("tda_global"))
+    mapping = node.partition_mappings[dg.AssetKey("raw_transactions")]
+    assert isinstance(mapping, dg.TimeWindowPartitionMapping)
+    assert (mapping.start_offset, mapping.end_offset) == (-11, 0)
+    upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
+        MONTHLY.subset_with_partition_keys(["2016-05-01"]), MONTHLY, MONTHLY
+    ).partitions_subset.get_partition_keys()
+    # Month t reads months t-11..t, never t+1.
+    assert list(upstream)[0] == "2015-06-01" and list(upstream)[-1] == "2016-05-01"
+
+
+def test_only_mamba_requests_a_gpu_and_the_tag_renders_into_the_step_job():
+    assets = {a.key.to_user_string(): a for a in defs.assets}
+    tagged = {k for k, a in assets.items() if "dagster-k8s/config" in (a.op.tags or {})}
+    assert tagged == {"mamba_temporal"}
+    tags = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in assets["mamba_temporal"].op.tags.items()}
+    user_config = get_user_defined_k8s_config(tags)
+    job = construct_dagster_k8s_job(
+        DagsterK8sJobConfig(job_image="ple-platform:test", dagster_home="/opt/dagster/home", instance_config_map="dagster-instance"),
+        args=["dagster", "api", "execute_step"],
+        job_name="ple-step-mamba",
+        user_defined_k8s_config=user_config,
+    ).to_dict()
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["node_selector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
