@@ -1,0 +1,1 @@
+"""The PLE teacher: feature router, 7 heterogeneous experts, CGC/PLE extraction layers, losses, training."""
