@@ -81,3 +81,6 @@ def test_no_look_ahead_and_row_order_independence(warehouses, tmp_path_factory, 
     np.testing.assert_allclose(short, shuf, rtol=1e-5, atol=1e-6)
     # Not a constant group: customers differ.
     assert (short.std(axis=0) > 0).any()
+    # A second computation reuses the stored fits (safetensors round trip) and gives the same features.
+    _, again = _features(warehouses["short"], tmp, name)
+    np.testing.assert_array_equal(again, short)

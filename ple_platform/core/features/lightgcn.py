@@ -201,7 +201,7 @@ def lightgcn_embeddings(
     Raw LightGCN output: a customer with no edges is the zero vector here (see ``lightgcn_customer_features``).
     """
     emb = np.asarray(state["product_emb"], dtype=np.float32)
-    coef, _ = propagation_coefficients(edges, n_customers, emb.shape[0], int(state["n_layers"]))
+    coef, _ = propagation_coefficients(edges, n_customers, emb.shape[0], int(np.asarray(state["n_layers"]).ravel()[0]))
     out = coef.numpy() @ emb
     return out[:n_customers], out[n_customers:]
 
@@ -217,7 +217,7 @@ def lightgcn_customer_features(state: dict[str, np.ndarray], edges: np.ndarray, 
     embeddings rank products like the population does. Its ``degree`` column is 0, so models can still tell it apart.
     """
     emb = np.asarray(state["product_emb"], dtype=np.float32)
-    coef, e = propagation_coefficients(edges, n_customers, emb.shape[0], int(state["n_layers"]))
+    coef, e = propagation_coefficients(edges, n_customers, emb.shape[0], int(np.asarray(state["n_layers"]).ravel()[0]))
     cust_emb = coef[:n_customers].numpy() @ emb
     degree = np.bincount(e[:, 0], minlength=n_customers).astype(np.float32)
     isolated = degree == 0

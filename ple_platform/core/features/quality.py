@@ -54,10 +54,15 @@ def evaluate(
     has_source_data: np.ndarray | None,
     previous: np.ndarray | None,
     next_month_changes: np.ndarray | None,
+    full_history: bool = True,
+    first_month: bool = False,
 ) -> list[QualityResult]:
     """All rules for one partition. ``has_source_data`` marks customers with data for zero-ok groups;
     ``previous`` is last month's stored matrix; ``next_month_changes`` the number of product changes each
-    customer makes between t and t+1 (None when month t+1 is not loaded yet)."""
+    customer makes between t and t+1 (None when month t+1 is not loaded yet). ``full_history`` is False in
+    warm-up months with fewer stored months than the group's lookback: there, history columns are
+    legitimately constant (e.g. months_observed = 1 in the first month) and only a wholly constant group fails.
+    ``first_month``: no earlier month exists at all, so a history group (lookback > 1) may be wholly constant."""
     out = []
     out.append(QualityResult("null_rate", stored_null_rate <= MAX_NULL_RATE, f"Null rate of the stored partition <= {MAX_NULL_RATE:.0%}",
                              {"null_rate": stored_null_rate}))
@@ -72,10 +77,14 @@ def evaluate(
     other_const = constant & ~no_data_const
     all_constant = bool(constant.all())
     share = float(other_const.mean())
+    tolerance = MAX_CONSTANT_SHARE if full_history else 1.0
+    no_history = first_month and spec.lookback_months > 1
     out.append(QualityResult(
         "no_constant_columns",
-        (not all_constant) and share <= MAX_CONSTANT_SHARE,
-        f"Not the whole group constant; other constant columns <= {MAX_CONSTANT_SHARE:.0%}",
+        ((not all_constant) or no_history) and share <= tolerance,
+        f"Not the whole group constant; other constant columns <= {tolerance:.0%}"
+        + ("" if full_history else " (warm-up month: less history than the lookback)")
+        + (" (first stored month: a history group has no history yet)" if no_history else ""),
         {"constant_columns": int(constant.sum()), "no_data_constant_columns": int(no_data_const.sum()), "other_constant_share": share,
          "examples": [spec.columns[j] for j in np.flatnonzero(other_const)[:5]]},
     ))

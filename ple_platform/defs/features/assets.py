@@ -130,6 +130,10 @@ def _has_source_data(con, spec: FeatureGroupSpec, month: date, ids: np.ndarray) 
     return out
 
 
+def _history_months(con, month: date) -> int:
+    return con.execute("SELECT count(DISTINCT month) FROM raw.customers WHERE month <= ?", [month]).fetchall()[0][0]
+
+
 def _stored_null_rate(con, spec: FeatureGroupSpec, month: date) -> float:
     any_null = " OR ".join(f'"{c}" IS NULL' for c in spec.columns)
     n, bad = con.execute(f"SELECT count(*), count(*) FILTER ({any_null}) FROM {spec.table} WHERE month = ?", [month]).fetchall()[0]
@@ -199,7 +203,14 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
             n_diagram_points = _write_diagrams(con, month, ids, out.diagrams) if out.diagrams is not None else None
             content_hash = partition_content_hash(con, spec.table, month)
             results = quality.evaluate(
-                spec, out.values, _stored_null_rate(con, spec, month), _has_source_data(con, spec, month, ids), _previous_values(con, spec, month), _next_month_changes(con, month, ids)
+                spec,
+                out.values,
+                _stored_null_rate(con, spec, month),
+                _has_source_data(con, spec, month, ids),
+                _previous_values(con, spec, month),
+                _next_month_changes(con, month, ids),
+                full_history=(history := _history_months(con, month)) >= spec.lookback_months,
+                first_month=history == 1,
             )
         metadata = {
             "dagster/row_count": n_rows,
