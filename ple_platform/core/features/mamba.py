@@ -574,7 +574,8 @@ def _ssl_loss(enc: MambaEncoder, heads: _SSLHeads, seqs: torch.Tensor, code_l1: 
     tok = tokenize(seqs, enc.n_mcc)
     l1 = torch.where(tok.code >= 0, code_l1[tok.code.clamp(min=0)], torch.full_like(tok.code, -1))
     # Masked-event corruption: hide MCC and amount of ~mask_prob of real events (keep their timing).
-    hide = (torch.rand(tok.mask.shape, generator=gen) < mask_prob) & tok.mask
+    # Drawn on the CPU generator (identical masks on CPU and GPU for a seed), then moved to the data's device.
+    hide = (torch.rand(tok.mask.shape, generator=gen) < mask_prob).to(tok.mask.device) & tok.mask
     numeric = tok.numeric.clone()
     numeric[..., 0] = numeric[..., 0] * (~hide)
     mcc = torch.where(hide, torch.full_like(tok.mcc, enc.mask_row), tok.mcc)
