@@ -41,6 +41,7 @@ def test_settings_defaults_and_errors(tmp_path):
     s = Settings.from_env({"PLE_DATA_DIR": str(tmp_path)})
     assert (s.start_month, s.end_month) == (date(2015, 1, 1), date(2016, 5, 1))
     assert s.warehouse_path == str(tmp_path / "warehouse.duckdb")
+    assert s.duckdb_memory_limit == "4GB"
     with pytest.raises(SettingsError, match="PLE_LANDING_KIND"):
         Settings.from_env({"PLE_LANDING_KIND": "csv"})
     with pytest.raises(SettingsError, match="before"):

@@ -39,6 +39,12 @@ def test_raw_months_materialize_with_green_checks(platform_env, resources, landi
         assert orphans == 0
 
 
+def test_warehouse_connections_are_memory_bounded(resources):
+    with resources["warehouse"].get_connection() as con:
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    assert limit.replace(" ", "").upper().startswith(("3.7GIB", "4.0GB", "3.7GB", "4GB"))
+
+
 def test_rematerializing_a_month_replaces_exactly_that_month(platform_env, resources):
     for month in ("2015-01-01", "2015-02-01"):
         assert materialize(raw_assets, month, resources).success

@@ -41,6 +41,7 @@ class Settings:
     start_month: date
     end_month: date
     fit_end_month: date
+    duckdb_memory_limit: str  # bounds DuckDB's working memory (it spills to disk beyond it)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -73,4 +74,5 @@ class Settings:
             start_month=start,
             end_month=end,
             fit_end_month=max(start, min(fit_end, end)),
+            duckdb_memory_limit=e.get("PLE_DUCKDB_MEMORY_LIMIT", "4GB"),
         )

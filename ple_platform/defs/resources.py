@@ -58,7 +58,9 @@ class LandingZoneResource(dg.ConfigurableResource):
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
-        "warehouse": WarehouseResource(database=settings.warehouse_path),
+        "warehouse": WarehouseResource(
+            database=settings.warehouse_path, connection_config={"memory_limit": settings.duckdb_memory_limit}
+        ),
         "artifacts": ArtifactStoreResource(uri=settings.artifacts_uri, s3_endpoint_url=settings.s3_endpoint_url),
         "landing": LandingZoneResource(
             kind=settings.landing_kind,
