@@ -6,6 +6,8 @@ training-month state, run the group's algorithm, and return an (N, dim) float32 
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
@@ -279,9 +281,27 @@ BUILDERS: dict[str, Callable[[BuildContext], GroupOutput]] = {
 }
 
 
+@contextmanager
+def torch_threads():
+    """Pin torch's intra-op threads for a builder (``PLE_TORCH_THREADS``, default 1) and restore them.
+
+    Small recurrent ops (the Mamba loop, LightGCN steps) wait on every thread each call: on a busy
+    2-core machine two threads measured up to 50x slower than one. Set it to the step's CPU request
+    in production."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(int(os.environ.get("PLE_TORCH_THREADS", "1")), 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def build_group(name: str, ctx: BuildContext) -> GroupOutput:
     spec = group(name)
-    out = BUILDERS[name](ctx)
+    with torch_threads():
+        out = BUILDERS[name](ctx)
     if out.values.shape != (len(ctx.pop), spec.dim):
         raise ValueError(f"feature group {name}: builder returned shape {out.values.shape}, spec says ({len(ctx.pop)}, {spec.dim})")
     return out
