@@ -69,3 +69,17 @@ def test_only_mamba_requests_a_gpu_and_the_tag_renders_into_the_step_job():
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["node_selector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_production_instance_config_targets_kubernetes_and_postgres():
+    import yaml
+
+    from ple_platform_tests.test_webserver import REPO
+
+    cfg = yaml.safe_load((REPO / "infra" / "dagster-k8s.yaml").read_text())
+    assert cfg["run_launcher"]["class"] == "K8sRunLauncher"
+    assert "postgres" in cfg["storage"]
+    assert cfg["concurrency"]["pools"]["default_limit"] == 1
+    # Secrets come from the environment / a k8s secret, never from the file.
+    assert cfg["storage"]["postgres"]["postgres_db"]["password"] == {"env": "DAGSTER_PG_PASSWORD"}
+    assert cfg["run_launcher"]["config"]["env_secrets"] == ["ple-secrets"]
