@@ -17,7 +17,7 @@ from pathlib import Path
 from ple_platform.core.data.schema import month_range, parse_month
 from ple_platform.core.settings import Settings, SettingsError
 
-DEMO_GROUPS = ("raw", "features")
+DEMO_GROUPS = ("raw", "features", "labels")
 
 
 def _months(spec: str | None, settings: Settings) -> list[date]:
