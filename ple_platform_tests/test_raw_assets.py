@@ -1,6 +1,7 @@
 """The raw group materialized for real: checks, idempotent partition rewrites, bad input isolation."""
 
 import shutil
+from pathlib import Path
 from datetime import date
 
 import duckdb
@@ -77,3 +78,31 @@ def test_bad_month_fails_clearly_and_leaves_other_months_untouched(platform_env,
     assert "2 offending row(s)" in message and "amount_finite_non_negative" in message
     assert _hash(platform_env, "transactions", date(2015, 1, 1)) == jan
     assert _hash(platform_env, "transactions", date(2015, 3, 1))[1] == 0
+
+
+def test_source_without_transactions_marks_transaction_groups_unavailable(platform_env, resources, landing_dir, tmp_path):
+    """A landing zone with no transactions table: raw_transactions and the groups built on it say
+    'unavailable' (metadata + warning checks) and store nothing, instead of zero-filling."""
+    import shutil
+
+    from ple_platform.defs.features.assets import feature_assets
+    from ple_platform.defs.resources import LandingZoneResource
+
+    csv = tmp_path / "train_ver2.csv"
+    shutil.copy(Path(__file__).parent / "data" / "santander_train_ver2_sample.csv", csv)
+    res = {**resources, "landing": LandingZoneResource(kind="santander", path=str(csv))}
+    month = "2015-01-01"
+    result = materialize(raw_assets, month, res)
+    assert result.success
+    txn = next(m for m in result.get_asset_materialization_events() if m.asset_key.path[-1] == "raw_transactions")
+    assert txn.materialization.metadata["available"].value is False
+    by_name = {a.key.path[-1]: a for a in feature_assets}
+    out = materialize([by_name["txn_behavior"], by_name["product_holdings"]], month, res)
+    assert out.success
+    meta = {m.asset_key.path[-1]: m.materialization.metadata for m in out.get_asset_materialization_events()}
+    assert meta["txn_behavior"]["available"].value is False and "raw.transactions" in meta["txn_behavior"]["reason"].value
+    assert meta["product_holdings"]["available"].value is True
+    with duckdb.connect(platform_env.warehouse_path) as con:
+        assert con.execute("SELECT count(*) FROM features.txn_behavior").fetchall()[0][0] == 0
+    warn = [c for c in out.get_asset_check_evaluations() if c.asset_key.path[-1] == "txn_behavior"]
+    assert warn and all(not c.passed and c.severity.value == "WARN" for c in warn)

@@ -130,6 +130,15 @@ def _has_source_data(con, spec: FeatureGroupSpec, month: date, ids: np.ndarray) 
     return out
 
 
+def _unavailable_sources(con, spec: FeatureGroupSpec, month: date) -> list[str]:
+    out = []
+    for src in spec.sources:
+        n = con.execute(f"SELECT count(*) FROM raw.{src} WHERE month = ?", [month]).fetchall()[0][0]
+        if n == 0:
+            out.append(f"raw.{src}")
+    return out
+
+
 def _history_months(con, month: date) -> int:
     return con.execute("SELECT count(DISTINCT month) FROM raw.customers WHERE month <= ?", [month]).fetchall()[0][0]
 
@@ -194,6 +203,20 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
         settings = Settings.from_env()
         policy = FitPolicy(fit_end=settings.fit_end_month, first_month=settings.start_month)
         with warehouse.get_connection() as con:
+            missing = _unavailable_sources(con, spec, month)
+            if missing:
+                # Explicitly unavailable (e.g. a Santander source without transactions): no rows, no zeros.
+                _ensure_table(con, spec)
+                con.execute(f"DELETE FROM {spec.table} WHERE month = ?", [month])
+                reason = f"source table(s) {', '.join(missing)} have no rows for {month:%Y-%m}: {spec.name} is unavailable"
+                return dg.MaterializeResult(
+                    metadata={"available": False, "reason": reason, "dagster/row_count": 0},
+                    data_version=dg.DataVersion(f"unavailable-{month}"),
+                    check_results=[
+                        dg.AssetCheckResult(check_name=c.name, passed=False, severity=dg.AssetCheckSeverity.WARN, description=reason)
+                        for c in check_specs
+                    ],
+                )
             ctx = BuildContext(con, month, policy, FitStore(artifacts.store(), con))
             out = build_group(spec.name, ctx)
             ids = ctx.pop.customer_ids
@@ -213,6 +236,7 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
                 first_month=history == 1,
             )
         metadata = {
+            "available": True,
             "dagster/row_count": n_rows,
             "content_hash": content_hash,
             "width": spec.dim,
