@@ -14,7 +14,7 @@
 
 Memory: data are float32 everywhere. The ``txn_lag_tensor`` group (800 of the 1,211 columns) is stored once, as
 the raw ``txn_seq``; its standardised form is computed per batch (B x 800, negligible), so a 20k-customer x
-12-month training set costs ~N x (1,211 + 4P + P + 24) x 4 bytes instead of twice the lag tensor.
+12-month training set costs ~N x ((1,211 + 4P + 24) x 4 + P + 104 labels) bytes, not twice the lag tensor.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ DIAGRAM_TABLE = "features.tda_diagrams"
 LABEL_TABLE = "labels.task_labels"
 DIAGRAM_KINDS = ("global", "local")  # kind code = index: 0 = global Rips, 1 = local cubical
 MAX_DIAGRAM_POINTS = 64
-STD_FLOOR = 1e-6
+STD_FLOOR = 1e-4  # a column whose training std is below this is centred only (std 1), never blown up
 # Channels of the lag tensor that are integer codes with -1 = padding (kept raw in the standardised group).
 UNSCALED_LAG_CHANNELS = ("mcc", "hour")
 PARTS = ("train", "validation", "test", "score")
@@ -62,6 +62,7 @@ Labels = dict[str, torch.Tensor]
 _GROUP_NAMES = tuple(g.name for g in FEATURE_GROUPS)
 _STORED_GROUPS = tuple(g for g in FEATURE_GROUPS if g.name != LAG_GROUP)  # the lag group lives in txn_seq
 _N_CHANNELS = len(LAG_CHANNELS)
+_LAG_COLUMNS = next(g.columns for g in FEATURE_GROUPS if g.name == LAG_GROUP)  # (lag, channel) order
 
 
 class MissingDataError(LookupError):
@@ -200,14 +201,6 @@ class MonthData:
 # ------------------------------------------------------------------------------------------------ warehouse IO
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
-    schema, name = qualified.split(".")
-    (n,) = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?", [schema, name]
-    ).fetchall()[0]
-    return n > 0
-
-
 def _arrow(con: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None) -> pa.Table:
     return con.sql(sql, params=params).to_arrow_table()
 
@@ -226,12 +219,19 @@ class _Registered:
         self.con.unregister(self.name)
 
 
+def _existing_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    rows = con.execute("SELECT table_schema, table_name FROM information_schema.tables").fetchall()
+    return {f"{schema}.{name}" for schema, name in rows}
+
+
 def _check_month(con: duckdb.DuckDBPyConnection, month: date) -> None:
     """Every group table and the diagram table exist and hold rows for ``month``; raise naming the first gap."""
+    existing = _existing_tables(con)
     for table in [g.table for g in FEATURE_GROUPS] + [DIAGRAM_TABLE]:
-        if not _table_exists(con, table):
+        if table not in existing:
             raise MissingDataError(
-                f"{table} does not exist in the warehouse (needed for month {month:%Y-%m}); materialize the feature assets first"
+                f"{table} does not exist in the warehouse (needed for month {month:%Y-%m}); "
+                f"materialize the feature assets first"
             )
     union = " UNION ALL ".join(
         f"SELECT '{g.table}' AS t, count(*) AS n FROM {g.table} WHERE month = $m" for g in FEATURE_GROUPS
@@ -239,7 +239,9 @@ def _check_month(con: duckdb.DuckDBPyConnection, month: date) -> None:
     counts = dict(con.execute(union, {"m": month}).fetchall())
     for g in FEATURE_GROUPS:
         if counts[g.table] == 0:
-            raise MissingDataError(f"{g.table} has no rows for month {month:%Y-%m}; materialize partition {month} of {g.name}")
+            raise MissingDataError(
+                f"{g.table} has no rows for month {month:%Y-%m}; materialize partition {month} of {g.name}"
+            )
     kinds = dict(con.execute(
         f"SELECT kind, count(*) FROM {DIAGRAM_TABLE} WHERE month = ? GROUP BY kind", [month]
     ).fetchall())
@@ -289,7 +291,8 @@ def subsample_customers(ids: np.ndarray, max_per_month: int | None, seed: int = 
     return np.sort(picked.to_numpy(zero_copy_only=False).astype(object))
 
 
-def _diagram_points(con: duckdb.DuckDBPyConnection, ids_view: str, month: date, max_points: int) -> dict[str, np.ndarray]:
+def _diagram_points(con: duckdb.DuckDBPyConnection, ids_view: str, month: date,
+                    max_points: int) -> dict[str, np.ndarray]:
     """Points of ``month`` for the registered customers: row index i, slot r (0-based, most persistent first,
     capped), birth, death, dim, kind code; plus the uncapped per-row count."""
     kind_code = "CASE kind " + " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(DIAGRAM_KINDS)) + " END"
@@ -298,7 +301,9 @@ def _diagram_points(con: duckdb.DuckDBPyConnection, ids_view: str, month: date, 
             SELECT ids.i, d.birth, d.death, d.dim, {kind_code} AS kind_code
             FROM {DIAGRAM_TABLE} d JOIN {ids_view} ids USING (customer_id) WHERE d.month = $m),
         ranked AS (
-            SELECT *, row_number() OVER (PARTITION BY i ORDER BY death - birth DESC, kind_code, dim, birth, death) - 1 AS r,
+            SELECT *,
+                   row_number() OVER (PARTITION BY i
+                                      ORDER BY death - birth DESC, kind_code, dim, birth, death) - 1 AS r,
                    count(*) OVER (PARTITION BY i) AS n
             FROM pts)
         SELECT i, r, n, birth, death, dim, kind_code FROM ranked WHERE r < $cap""", {"m": month, "cap": max_points})
@@ -312,11 +317,15 @@ def _fill_group(con, ids_view: str, ids: pa.Array, table: str, columns: tuple[st
     t = _arrow(con, f"SELECT f.customer_id, {cols} FROM {table} f SEMI JOIN {ids_view} USING (customer_id) "
                     f"WHERE f.month = $m ORDER BY f.customer_id", {"m": month})
     if t.num_rows != len(ids) or not t.column(0).combine_chunks().equals(ids):
-        raise ValueError(f"{table} month {month:%Y-%m}: rows do not match the customers (duplicate customer_id rows?)")
+        raise ValueError(
+            f"{table} month {month:%Y-%m}: rows do not match the customers (duplicate customer_id rows?)"
+        )
     for j, c in enumerate(columns):
         col = t.column(j + 1)
         if col.null_count:
-            raise ValueError(f"{table} month {month:%Y-%m}: column {c} has {col.null_count} NULLs (features are never NULL)")
+            raise ValueError(
+                f"{table} month {month:%Y-%m}: column {c} has {col.null_count} NULLs (features are never NULL)"
+            )
         out[:, j] = col.to_numpy()
     if not np.isfinite(out).all():
         bad = [columns[j] for j in np.flatnonzero(~np.isfinite(out).all(axis=0))[:5]]
@@ -325,7 +334,7 @@ def _fill_group(con, ids_view: str, ids: pa.Array, table: str, columns: tuple[st
 
 def _fill_labels(con, ids_view: str, month: date, out: dict[str, np.ndarray]) -> bool:
     """NaN-initialised ``out`` <- the month's labels by row; False (untouched) when the month has no labels."""
-    if not _table_exists(con, LABEL_TABLE):
+    if LABEL_TABLE not in _existing_tables(con):
         return False
     (n,) = con.execute(f"SELECT count(*) FROM {LABEL_TABLE} WHERE month = ?", [month]).fetchall()[0]
     if n == 0:
@@ -380,17 +389,18 @@ def load_months(con: duckdb.DuckDBPyConnection, months: Sequence[date], *, label
         with _Registered(con, pa.table({"customer_id": ids_pa, "i": pa.array(np.arange(len(ids)))})) as view:
             for g in _STORED_GROUPS:
                 _fill_group(con, view, ids_pa, g.table, g.columns, m, groups[g.name][sl])
-            lag_cols = tuple(c for g in FEATURE_GROUPS if g.name == LAG_GROUP for c in g.columns)
-            _fill_group(con, view, ids_pa, f"features.{LAG_GROUP}", lag_cols, m,
+            _fill_group(con, view, ids_pa, f"features.{LAG_GROUP}", _LAG_COLUMNS, m,
                         txn_seq[sl].reshape(len(ids), -1))  # column order = (lag, channel): a view of the slice
             if labels:
                 sub = {k: v[sl] for k, v in label_arrays.items()}  # views
                 if not _fill_labels(con, view, m, sub):
                     if labels == "require":
-                        raise MissingDataError(f"{LABEL_TABLE} has no rows for month {m:%Y-%m}; materialize task_labels {m}")
+                        raise MissingDataError(
+                            f"{LABEL_TABLE} has no rows for month {m:%Y-%m}; materialize task_labels {m}"
+                        )
                     all_labelled = False
         i, r = pts["i"].astype(np.int64) + start, pts["r"].astype(np.int64)
-        diagrams[i, r] = np.stack([pts["birth"], pts["death"], pts["dim"], pts["kind_code"]], axis=1).astype(np.float32)
+        diagrams[i, r] = np.stack([pts["birth"], pts["death"], pts["dim"], pts["kind_code"]], axis=1)
         n_points[i] = pts["n"]
         start = sl.stop
 
@@ -417,18 +427,23 @@ class FeatureScaler:
     """Per-column standardisation of the 1,211 feature columns, fitted on training months only.
 
     ``mean``/``std`` are float64 over ``all_columns()``; unscaled columns (``unscaled_columns()``) have mean 0 and
-    std 1 so one formula, ``(x - mean) / std`` in float32, leaves them bit-identical. ``std`` is floored at
-    ``std_floor``: a column constant on the training months maps to 0 instead of inf/NaN.
+    std 1 so one formula, ``(x - mean) / std`` in float32, leaves them bit-identical. Std floor: a column whose
+    training std is below ``std_floor`` (constant on the training months, e.g. a lag slot no training customer
+    reaches) gets std 1, i.e. it is centred but not scaled: dividing by a tiny std would map any later deviation
+    to a huge value instead of the 0 a constant column should give.
     """
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, scaled: np.ndarray, n_rows: int, std_floor: float = STD_FLOOR):
+    def __init__(self, mean: np.ndarray, std: np.ndarray, scaled: np.ndarray, n_rows: int,
+                 std_floor: float = STD_FLOOR):
         k = len(all_columns())
         mean, std, scaled = np.asarray(mean, np.float64), np.asarray(std, np.float64), np.asarray(scaled, bool)
         if mean.shape != (k,) or std.shape != (k,) or scaled.shape != (k,):
-            raise ValueError(f"scaler arrays must have shape ({k},) (the spec's columns); got {mean.shape}, {std.shape}, {scaled.shape}")
+            raise ValueError(f"scaler arrays must have shape ({k},) (the spec's columns); "
+                             f"got {mean.shape}, {std.shape}, {scaled.shape}")
         if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
             raise ValueError("scaler mean/std must be finite and std > 0")
-        self.mean, self.std, self.scaled, self.n_rows, self.std_floor = mean, std, scaled, int(n_rows), float(std_floor)
+        self.mean, self.std, self.scaled = mean, std, scaled
+        self.n_rows, self.std_floor = int(n_rows), float(std_floor)
         self._mean32 = {g: mean[s].astype(np.float32) for g, s in GROUP_SLICES.items()}
         self._std32 = {g: std[s].astype(np.float32) for g, s in GROUP_SLICES.items()}
 
@@ -460,7 +475,8 @@ class FeatureScaler:
             sq = np.zeros(g.dim)
             for x in chunks(g.name):
                 sq += np.square(x.astype(np.float64) - mu).sum(axis=0)
-            sd = np.maximum(np.sqrt(sq / n), std_floor)
+            sd = np.sqrt(sq / n)
+            sd = np.where(sd < std_floor, 1.0, sd)
             keep = scaled[sl]
             mean[sl] = np.where(keep, mu, 0.0)
             std[sl] = np.where(keep, sd, 1.0)
@@ -504,7 +520,8 @@ class FeatureScaler:
         return h.hexdigest()
 
     def __repr__(self) -> str:
-        return f"FeatureScaler(n_rows={self.n_rows}, scaled={int(self.scaled.sum())}/{len(self.scaled)}, hash={self.content_hash[:12]})"
+        return (f"FeatureScaler(n_rows={self.n_rows}, scaled={int(self.scaled.sum())}/{len(self.scaled)}, "
+                f"hash={self.content_hash[:12]})")
 
 
 # --------------------------------------------------------------------------------------------------- teacher data
@@ -521,8 +538,9 @@ class TeacherData:
     parts: dict[str, MonthData]
 
     @classmethod
-    def from_split(cls, con: duckdb.DuckDBPyConnection, split: TimeSplit, *, max_customers_per_month: int | None = None,
-                   sample_seed: int = 0, max_points: int = MAX_DIAGRAM_POINTS,
+    def from_split(cls, con: duckdb.DuckDBPyConnection, split: TimeSplit, *,
+                   max_customers_per_month: int | None = None, sample_seed: int = 0,
+                   max_points: int = MAX_DIAGRAM_POINTS,
                    parts: Sequence[str] = PARTS) -> TeacherData:
         """Load the parts (default all four; "train" is always loaded, it fits the scaler)."""
         unknown = set(parts) - set(PARTS)
@@ -553,7 +571,7 @@ class TeacherData:
         order = np.random.default_rng([int(seed), int(epoch)]).permutation(n) if shuffle else np.arange(n)
         return [order[s:s + batch_size] for s in range(0, n, batch_size)]
 
-    def batches(self, part: str, batch_size: int = 1024, shuffle: bool | None = None,
+    def batches(self, part: Part, batch_size: int = 1024, shuffle: bool | None = None,
                 seed: int = 0) -> Callable[[int], Iterator[tuple[Batch, Labels]]]:
         """``f(epoch)`` yielding ``(Batch, labels)`` over every row of ``part`` exactly once; ``shuffle`` defaults
         to True for "train" only. The same (seed, epoch) gives the same batches; labels are {} for "score"."""
