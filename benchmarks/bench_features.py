@@ -42,7 +42,7 @@ def main() -> None:
 
     month, fit_end = parse_month(args.month), parse_month(args.fit_end)
     store = LocalArtifactStore(Path(args.artifacts or tempfile.mkdtemp(prefix="ple_bench_fits_")))
-    con = duckdb.connect(args.warehouse)
+    con = duckdb.connect(args.warehouse, config={"memory_limit": "4GB"})  # as the warehouse resource does
     policy = FitPolicy(fit_end=fit_end, first_month=date(2015, 1, 1))
     rows = []
     for spec in FEATURE_GROUPS:

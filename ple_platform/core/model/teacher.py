@@ -1,0 +1,130 @@
+"""Fitting the PLE teacher for one model month: split -> data -> train -> a self-describing checkpoint.
+
+The checkpoint is a plain dict saved with ``torch.save`` (state dict, config, scaler arrays, split, metrics,
+code version): no module is pickled, and ``torch.load(weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import torch
+
+from ple_platform.core.model.data import TeacherData
+from ple_platform.core.model.ple import PLEConfig, PLEModel
+from ple_platform.core.model.train import TrainConfig, evaluate, train_teacher
+from ple_platform.core.tasks.split import TimeSplit, time_split
+
+MODEL_SOURCES = ("ple.py", "losses.py", "train.py", "data.py", "teacher.py", "batch.py")
+
+
+def code_version() -> str:
+    """Hash of the model's source files: a new version exactly when the teacher's code changes."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for name in MODEL_SOURCES:
+        h.update((root / name).read_bytes())
+    for path in sorted((root / "experts").glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """Run-level knobs (demo vs benchmark vs production)."""
+
+    max_customers_per_month: int | None = 1500
+    epochs: int = 3
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 7
+    expert_kind: str = "heterogeneous"
+    patience: int = 2
+    model: dict = field(default_factory=dict)  # extra PLEConfig fields
+
+    def ple_config(self) -> PLEConfig:
+        return PLEConfig(expert_kind=self.expert_kind, **self.model)  # type: ignore[arg-type]
+
+
+@dataclass
+class TeacherResult:
+    checkpoint: bytes
+    split: TimeSplit
+    metrics: dict[str, float]
+    history: dict
+    data_summary: dict
+    seconds: float
+    samples_per_second: float
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.checkpoint).hexdigest()
+
+
+def fit_teacher(
+    con: duckdb.DuckDBPyConnection,
+    model_month: date,
+    first_train_month: date,
+    settings: TeacherSettings,
+    workdir: Path,
+    resume: bool = False,
+) -> TeacherResult:
+    split = time_split(model_month, first_train_month)
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    data = TeacherData.from_split(
+        con, split, max_customers_per_month=settings.max_customers_per_month, sample_seed=settings.seed, parts=("train", "validation")
+    )
+    model = PLEModel(settings.ple_config())
+    train_cfg = TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=settings.patience)
+    t0 = time.perf_counter()
+    model, history = train_teacher(
+        model,
+        data.batches("train", settings.batch_size, seed=settings.seed),
+        data.batches("validation", 1024),
+        train_cfg,
+        seed=settings.seed,
+        checkpoint_dir=workdir,
+        resume=resume,
+    )
+    seconds = time.perf_counter() - t0
+    n_train = len(data.part("train").customer_ids)
+    epochs_run = len(history["epochs"])
+    val = evaluate(model, data.batches("validation", 1024), device=next(model.parameters()).device)
+    payload = {
+        "format": "ple-teacher/1",
+        "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": json.dumps(settings.ple_config().to_dict(), default=list),
+        "settings": json.dumps(asdict(settings), default=list),
+        "scaler": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.scaler.to_arrays().items()},
+        "split": json.dumps(split.as_dict()),
+        "code_version": code_version(),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return TeacherResult(
+        checkpoint=buf.getvalue(),
+        split=split,
+        metrics={k: float(v) for k, v in val.items() if isinstance(v, (int, float, np.floating))},
+        history=history,
+        data_summary=data.summary(),
+        seconds=seconds,
+        samples_per_second=n_train * epochs_run / max(seconds, 1e-9),
+    )
+
+
+def load_teacher(checkpoint: bytes) -> tuple[PLEModel, dict]:
+    """Rebuild the model from checkpoint bytes (weights only: no code is unpickled)."""
+    payload = torch.load(io.BytesIO(checkpoint), weights_only=True)
+    model = PLEModel(PLEConfig.from_dict(json.loads(payload["config"])))
+    model.load_state_dict(payload["model_state"])
+    model.eval()
+    return model, payload
