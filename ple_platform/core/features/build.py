@@ -6,8 +6,6 @@ training-month state, run the group's algorithm, and return an (N, dim) float32 
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property
@@ -29,6 +27,7 @@ from ple_platform.core.features.panel import (
     subsample,
     transactions_window,
 )
+from ple_platform.core.runtime import torch_threads
 from ple_platform.core.features.spec import (
     GMM_COMPONENTS,
     GRAPH_EMBED_DIM,
@@ -279,23 +278,6 @@ BUILDERS: dict[str, Callable[[BuildContext], GroupOutput]] = {
     "product_history_multihot": _simple(tabular.product_history_multihot),
     "mcc_top30_multihot": _mcc_top30,
 }
-
-
-@contextmanager
-def torch_threads():
-    """Pin torch's intra-op threads for a builder (``PLE_TORCH_THREADS``, default 1) and restore them.
-
-    Small recurrent ops (the Mamba loop, LightGCN steps) wait on every thread each call: on a busy
-    2-core machine two threads measured up to 50x slower than one. Set it to the step's CPU request
-    in production."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(int(os.environ.get("PLE_TORCH_THREADS", "1")), 1))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def build_group(name: str, ctx: BuildContext) -> GroupOutput:

@@ -21,6 +21,7 @@ import torch
 from ple_platform.core.model.data import TeacherData
 from ple_platform.core.model.ple import PLEConfig, PLEModel
 from ple_platform.core.model.train import TrainConfig, evaluate, train_teacher
+from ple_platform.core.runtime import torch_threads
 from ple_platform.core.tasks.split import TimeSplit, time_split
 
 MODEL_SOURCES = ("ple.py", "losses.py", "train.py", "data.py", "teacher.py", "batch.py")
@@ -86,7 +87,18 @@ def fit_teacher(
     model = PLEModel(settings.ple_config())
     train_cfg = TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=settings.patience)
     t0 = time.perf_counter()
-    model, history = train_teacher(
+    with torch_threads():
+        model, history = _train(model, data, train_cfg, settings, workdir, resume)
+    seconds = time.perf_counter() - t0
+    n_train = len(data.part("train").customer_ids)
+    epochs_run = len(history["epochs"])
+    with torch_threads():
+        val = evaluate(model, data.batches("validation", 1024), device=next(model.parameters()).device)
+    return _result(model, data, settings, split, val, history, seconds, n_train * epochs_run / max(seconds, 1e-9))
+
+
+def _train(model, data, train_cfg, settings, workdir, resume):
+    return train_teacher(
         model,
         data.batches("train", settings.batch_size, seed=settings.seed),
         data.batches("validation", 1024),
@@ -95,10 +107,9 @@ def fit_teacher(
         checkpoint_dir=workdir,
         resume=resume,
     )
-    seconds = time.perf_counter() - t0
-    n_train = len(data.part("train").customer_ids)
-    epochs_run = len(history["epochs"])
-    val = evaluate(model, data.batches("validation", 1024), device=next(model.parameters()).device)
+
+
+def _result(model, data, settings, split, val, history, seconds, samples_per_second) -> TeacherResult:
     payload = {
         "format": "ple-teacher/1",
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -117,7 +128,7 @@ def fit_teacher(
         history=history,
         data_summary=data.summary(),
         seconds=seconds,
-        samples_per_second=n_train * epochs_run / max(seconds, 1e-9),
+        samples_per_second=samples_per_second,
     )
 
 
