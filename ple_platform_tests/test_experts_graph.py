@@ -21,13 +21,6 @@ with warnings.catch_warnings():
 N_CODES = mcc_hierarchy().n_codes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make_batch(b: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random standardised groups, 0..60 transactions per customer (rest -1 padding), ~20% holdings."""

@@ -15,13 +15,6 @@ SMALL = dict(n_mcc=N_MCC, d_model=16, d_state=4, patch_layers=1, ltc_hidden=12, 
              hidden=32, dropout=0.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
 
 def _close(a, b, atol=1e-5):
     # Plain comparison: torch.testing.assert_close costs ~2.5 s of imports on first use.

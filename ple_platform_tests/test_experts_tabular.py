@@ -19,13 +19,6 @@ EXPERTS = (DeepFM, CausalExpert, OptimalTransportExpert)
 N_L2 = len(mcc_hierarchy().l2_names)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_batch(n=64, seed=0, device="cpu"):
     """Random standardised groups, integer codes in the categorical columns, a -1 padded txn_seq."""

@@ -23,14 +23,6 @@ from ple_platform.core.features.hyperbolic import (
 EPOCHS = 200  # enough for >=95% of triples; the production default (600) only sharpens ranks
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threads only add contention on a shared CI box.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def mcc_fit():

@@ -17,14 +17,6 @@ from ple_platform.core.features.spec import group
 N_CUST = 2000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threads only add contention on a shared CI box.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _community_holdings(n, seed):
     """3 segments; products 0, 1 popular everywhere, each segment prefers its own 6 products, the rest rare."""

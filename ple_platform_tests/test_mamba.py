@@ -39,15 +39,6 @@ def _sequences(lengths, length=200, seed=0):
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared, oversubscribed CPU, OpenMP's parallel regions make each op wait for a
-    descheduled sibling thread (measured ~50x slower); one thread keeps these tests in seconds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def encoder():

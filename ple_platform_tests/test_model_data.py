@@ -41,13 +41,6 @@ N_MCC = mcc_hierarchy().n_codes
 DROPPED = (date(2015, 2, 1), "hmm_states")  # one customer missing from this group in this month
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _ids(n: int) -> np.ndarray:
     return np.array([hashlib.sha256(f"c{k}".encode()).hexdigest()[:20] for k in range(n)], dtype=object)

@@ -28,13 +28,6 @@ from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
 N_MCC = mcc_hierarchy().n_codes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # ------------------------------------------------------------------------------------------------ fixtures
 

@@ -41,6 +41,7 @@ import duckdb
 import pyarrow as pa
 
 from ple_platform.core.data.schema import AGE_MAX, AGE_MIN, PRODUCT_NAMES, TABLE_SCHEMAS, add_months
+from ple_platform.core.warehouse import duckdb_type as warehouse_duckdb_type
 
 RULES: tuple[str, ...] = (
     "readable",
@@ -123,24 +124,12 @@ class RawDataError(ValueError):
 
 # --- SQL helpers ------------------------------------------------------------------------------------------
 
-_DUCKDB_TYPES: dict[pa.DataType, str] = {
-    pa.string(): "VARCHAR",
-    pa.date32(): "DATE",
-    pa.int8(): "TINYINT",
-    pa.int16(): "SMALLINT",
-    pa.int32(): "INTEGER",
-    pa.int64(): "BIGINT",
-    pa.float32(): "FLOAT",
-    pa.float64(): "DOUBLE",
-    pa.bool_(): "BOOLEAN",
-    pa.timestamp("us"): "TIMESTAMP",
-}
 _INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT"}
 
 
 def duckdb_type(arrow_type: pa.DataType) -> str:
     try:
-        return _DUCKDB_TYPES[arrow_type]
+        return warehouse_duckdb_type(arrow_type)
     except KeyError:
         raise TypeError(f"no DuckDB type for Arrow type {arrow_type}") from None
 
