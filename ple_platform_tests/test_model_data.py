@@ -12,7 +12,6 @@ from datetime import date
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
@@ -31,9 +30,8 @@ from ple_platform.core.model.data import (
 )
 from ple_platform.core.tasks.spec import TASKS
 from ple_platform.core.tasks.split import time_split
-from ple_platform.core.warehouse import replace_partition
 from ple_platform.defs.features.assets import _write, _write_diagrams
-from ple_platform.defs.labels.assets import LABEL_TABLE
+from ple_platform.core.tasks.labels import LABEL_TABLE, write_labels
 
 MONTHS = [date(2015, m, 1) for m in range(1, 7)]
 SPLIT = time_split(date(2015, 6, 1), date(2015, 1, 1))  # train 01-03, validation 04, test 05, score 06
@@ -90,19 +88,7 @@ def _labels(rng, n):
 
 
 def _write_labels(con, month, ids, values):
-    con.execute("CREATE SCHEMA IF NOT EXISTS labels")
-    cols = ", ".join(f'"{t.name}" DOUBLE' for t in TASKS)
-    con.execute(f"CREATE TABLE IF NOT EXISTS {LABEL_TABLE} (customer_id VARCHAR, month DATE, {cols})")
-    table = pa.table(
-        [pa.array(ids.tolist(), pa.string()), pa.array(np.full(len(ids), np.datetime64(month, "D")), pa.date32())]
-        + [pa.array(values[t.name], pa.float64(), from_pandas=True) for t in TASKS],
-        names=["customer_id", "month", *[t.name for t in TASKS]],
-    )
-    con.register("label_rows", table)
-    try:
-        replace_partition(con, LABEL_TABLE, month, "SELECT * FROM label_rows")
-    finally:
-        con.unregister("label_rows")
+    write_labels(con, month, ids, values)
 
 
 @pytest.fixture(scope="module")

@@ -269,7 +269,7 @@ def _acquisition_after_share_rise(con, l2: tuple[str, ...], products: tuple[str,
 def test_rising_travel_spend_leads_credit_card_acquisition(panel):
     _, out, _ = panel
     res = _acquisition_after_share_rise(_con(out), TRAVEL_L2, ("credit_card",))
-    (n_rise, rate_rise), (n_rest, rate_rest) = res[True], res[False]
+    (n_rise, rate_rise), (_, rate_rest) = res[True], res[False]
     assert n_rise > 500 and rate_rise * n_rise >= 15
     assert rate_rise > 3 * rate_rest
 

@@ -10,9 +10,35 @@ from datetime import date
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 
 from ple_platform.core.data.schema import CORE_PRODUCTS, PRODUCT_GROUPS, PRODUCTS, add_months
 from ple_platform.core.tasks.spec import NEXT_MCC_CLASSES, TASKS
+from ple_platform.core.warehouse import replace_partition
+
+
+LABEL_TABLE = "labels.task_labels"
+
+
+def ensure_label_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE SCHEMA IF NOT EXISTS labels")
+    cols = ", ".join(f'"{t.name}" DOUBLE' for t in TASKS)
+    con.execute(f"CREATE TABLE IF NOT EXISTS {LABEL_TABLE} (customer_id VARCHAR, month DATE, {cols})")
+
+
+def write_labels(con: duckdb.DuckDBPyConnection, month: date, ids: np.ndarray, values: dict[str, np.ndarray]) -> int:
+    """Replace month t of ``labels.task_labels`` (NaN -> NULL); returns the stored row count."""
+    ensure_label_table(con)
+    table = pa.table(
+        [pa.array(ids.tolist(), pa.string()), pa.array(np.full(len(ids), np.datetime64(month, "D")), pa.date32())]
+        + [pa.array(values[t.name], pa.float64(), from_pandas=True) for t in TASKS],
+        names=["customer_id", "month", *[t.name for t in TASKS]],
+    )
+    con.register("label_rows", table)
+    try:
+        return replace_partition(con, LABEL_TABLE, month, "SELECT * FROM label_rows")
+    finally:
+        con.unregister("label_rows")
 
 
 class LabelsUnavailable(Exception):

@@ -7,26 +7,26 @@ reason, stores no rows and reports its checks as not evaluable, instead of crash
 from datetime import date
 
 import dagster as dg
-import numpy as np
-import pyarrow as pa
 
 from ple_platform.core.data.schema import add_months
 from ple_platform.core.features.fits import FitPolicy, FitStore
 from ple_platform.core.settings import Settings
 from ple_platform.core.tasks.labels import (
+    LABEL_TABLE,
     LabelsUnavailable,
+    ensure_label_table,
     fit_next_mcc_vocabulary,
     label_health,
     label_summary,
     read_labels,
+    write_labels,
 )
 from ple_platform.core.tasks.spec import TASKS
-from ple_platform.core.warehouse import partition_content_hash, replace_partition
+from ple_platform.core.warehouse import partition_content_hash
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource
 
-LABEL_TABLE = "labels.task_labels"
 CHECK = "every_task_learnable"
 
 
@@ -69,9 +69,7 @@ def task_labels(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     settings = Settings.from_env()
     policy = FitPolicy(fit_end=settings.fit_end_month, first_month=settings.start_month)
     with warehouse.get_connection() as con:
-        con.execute("CREATE SCHEMA IF NOT EXISTS labels")
-        cols = ", ".join(f'"{t.name}" DOUBLE' for t in TASKS)
-        con.execute(f"CREATE TABLE IF NOT EXISTS {LABEL_TABLE} (customer_id VARCHAR, month DATE, {cols})")
+        ensure_label_table(con)
         (_, meta), record = FitStore(artifacts.store(), con).get_or_fit(
             "task_next_mcc_vocabulary",
             policy.fit_month(month).isoformat(),
@@ -89,16 +87,7 @@ def task_labels(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                                                    description=f"Not evaluable: {why}")],
                 data_version=dg.DataVersion(f"unavailable-{month}"),
             )
-        table = pa.table(
-            [pa.array(ids.tolist(), pa.string()), pa.array(np.full(len(ids), np.datetime64(month, "D")), pa.date32())]
-            + [pa.array(values[t.name], pa.float64(), from_pandas=True) for t in TASKS],
-            names=["customer_id", "month", *[t.name for t in TASKS]],
-        )
-        con.register("label_rows", table)
-        try:
-            n = replace_partition(con, LABEL_TABLE, month, "SELECT * FROM label_rows")
-        finally:
-            con.unregister("label_rows")
+        n = write_labels(con, month, ids, values)
         content_hash = partition_content_hash(con, LABEL_TABLE, month)
     summary = label_summary(values)
     health = label_health(summary)
