@@ -76,9 +76,11 @@ def weighted_metric(fn: Callable[..., np.ndarray]) -> Callable[..., Any]:
     return metric
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+def _ratio(num: np.ndarray, den: np.ndarray, empty: float = np.nan) -> np.ndarray:
+    """num / den, ``empty`` where den <= 0."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    out = np.full(np.broadcast_shapes(num.shape, den.shape), empty)
+    return np.divide(num, den, out=out, where=den > 0)
 
 
 def _tie_blocks(sorted_scores: np.ndarray) -> np.ndarray:
@@ -93,20 +95,47 @@ def _nan(w: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ binary
 
 
+def _binary_blocks(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative weight of each run of equal scores, scores ascending: two (B, n_blocks) arrays.
+    One sort per task; the (B, n) weights are gathered once and summed per tie block only if there are ties."""
+    order = np.argsort(p, kind="mergesort")
+    ps = p[order]
+    ws = w[:, order]
+    wp = ws * (y[order] > 0.5)
+    wn = ws - wp
+    if len(ps) > 1 and bool((ps[1:] == ps[:-1]).any()):
+        starts = _tie_blocks(ps)
+        wp, wn = np.add.reduceat(wp, starts, axis=1), np.add.reduceat(wn, starts, axis=1)
+    return wp, wn
+
+
+def _auc_from_blocks(wp: np.ndarray, wn: np.ndarray) -> np.ndarray:
+    below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each block (integer counts: exact)
+    return _ratio((wp * (below + 0.5 * wn)).sum(1), wp.sum(1) * wn.sum(1))
+
+
+def _ap_from_blocks(wp: np.ndarray, wn: np.ndarray) -> np.ndarray:
+    # Threshold at block j: predicted positive = block j and every higher-scored block (suffix sums).
+    ctp = np.cumsum(wp[:, ::-1], axis=1)[:, ::-1]
+    cfp = np.cumsum(wn[:, ::-1], axis=1)[:, ::-1]
+    precision = _ratio(ctp, ctp + cfp, empty=0.0)
+    return _ratio((wp * precision).sum(1), wp.sum(1))
+
+
+def _ranking_pair(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ROC AUC, average precision) from one sort and one gather."""
+    if len(y) == 0:
+        return _nan(w), _nan(w)
+    wp, wn = _binary_blocks(y, p, w)
+    return _auc_from_blocks(wp, wn), _ap_from_blocks(wp, wn)
+
+
 @weighted_metric
 def roc_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
     """ROC AUC = P(score_pos > score_neg) + 0.5 P(tie), weighted; NaN when a class is absent."""
     if len(y) == 0:
         return _nan(w)
-    order = np.argsort(p, kind="mergesort")
-    starts = _tie_blocks(p[order])
-    pos = y[order] > 0.5
-    ws = w[:, order]
-    wp = np.add.reduceat(np.where(pos, ws, 0.0), starts, axis=1)
-    wn = np.add.reduceat(np.where(pos, 0.0, ws), starts, axis=1)
-    below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each tie block
-    num = (wp * (below + 0.5 * wn)).sum(1)
-    return _ratio(num, wp.sum(1) * wn.sum(1))
+    return _auc_from_blocks(*_binary_blocks(y, p, w))
 
 
 @weighted_metric
@@ -115,15 +144,7 @@ def pr_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
     ``average_precision_score``, no interpolation); NaN without positives."""
     if len(y) == 0:
         return _nan(w)
-    order = np.argsort(-p, kind="mergesort")
-    starts = _tie_blocks(p[order])
-    pos = y[order] > 0.5
-    ws = w[:, order]
-    tp = np.add.reduceat(np.where(pos, ws, 0.0), starts, axis=1)
-    fp = np.add.reduceat(np.where(pos, 0.0, ws), starts, axis=1)
-    ctp, cfp = np.cumsum(tp, axis=1), np.cumsum(fp, axis=1)
-    precision = np.nan_to_num(_ratio(ctp, ctp + cfp))
-    return _ratio((tp * precision).sum(1), tp.sum(1))
+    return _ap_from_blocks(*_binary_blocks(y, p, w))
 
 
 @weighted_metric
@@ -254,7 +275,8 @@ def average_precision_at_k(scores, held, acquired, k: int = MAP_K) -> tuple[np.n
     s = _np(scores).astype(float)
     held, acquired = _np(held).astype(bool), _np(acquired).astype(bool)
     if not (s.shape == held.shape == acquired.shape) or s.ndim != 2:
-        raise ValueError(f"scores, held, acquired must share one (N, P) shape: {s.shape} {held.shape} {acquired.shape}")
+        raise ValueError(f"scores, held, acquired must share one (N, P) shape: "
+                         f"{s.shape} {held.shape} {acquired.shape}")
     k = min(k, s.shape[1])
     s = np.where(held | np.isnan(s), -np.inf, s)
     top = np.argsort(-s, axis=1, kind="stable")[:, :k]
@@ -317,19 +339,49 @@ def _percentiles(reps: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _replicates(fns: Mapping[str, Callable], y: np.ndarray, p: np.ndarray, keep: np.ndarray, n_boot: int,
+MetricFns = Mapping[Any, Callable]  # name -> fn(y, p, w) -> (B,); or a tuple of names -> fn returning a tuple
+
+
+def _eval_fns(fns: MetricFns, y: np.ndarray, p: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for key, fn in fns.items():
+        if isinstance(key, tuple):
+            out.update(zip(key, fn(y, p, w), strict=True))
+        else:
+            out[key] = fn(y, p, w)
+    return out
+
+
+Job = tuple[MetricFns, np.ndarray, np.ndarray, np.ndarray]  # (fns, y, p, keep) over one customer axis
+
+
+def _replicates_many(jobs: Sequence[Job], n_boot: int, seed: int) -> list[dict[str, tuple[float, np.ndarray]]]:
+    """For each job: {metric: (point value on the rows ``keep``, (n_boot,) replicate values)}. Replicates resample
+    the full row axis (before ``keep``), and jobs over the same number of rows share them (module docstring)."""
+    results: list[dict[str, tuple[float, np.ndarray]]] = [{} for _ in jobs]
+    by_n: dict[int, list[int]] = {}
+    for j, (_, y, _, _) in enumerate(jobs):
+        by_n.setdefault(len(y), []).append(j)
+    for n, members in by_n.items():
+        kept = {j: (jobs[j][1][jobs[j][3]], jobs[j][2][jobs[j][3]], bool(jobs[j][3].all())) for j in members}
+        reps: dict[int, dict[str, list[np.ndarray]]] = {j: {} for j in members}
+        if n_boot > 0:
+            for w in _replicate_weights(n, n_boot, seed):
+                for j in members:
+                    yk, pk, full = kept[j]
+                    for name, v in _eval_fns(jobs[j][0], yk, pk, w if full else w[:, jobs[j][3]]).items():
+                        reps[j].setdefault(name, []).append(v)
+        for j in members:
+            yk, pk, _ = kept[j]
+            point = _eval_fns(jobs[j][0], yk, pk, np.ones((1, len(yk))))
+            results[j] = {name: (float(v[0]), np.concatenate(reps[j][name]) if n_boot > 0 else np.empty(0))
+                          for name, v in point.items()}
+    return results
+
+
+def _replicates(fns: MetricFns, y: np.ndarray, p: np.ndarray, keep: np.ndarray, n_boot: int,
                 seed: int) -> dict[str, tuple[float, np.ndarray]]:
-    """Point value and (n_boot,) replicate values of each weighted metric ``fn(y, p, w)`` on the rows ``keep``;
-    replicates resample the full row axis (before ``keep``), see the module docstring."""
-    yk, pk = y[keep], p[keep]
-    point = {name: float(fn(yk, pk, np.ones((1, len(yk))))[0]) for name, fn in fns.items()}
-    reps: dict[str, list[np.ndarray]] = {name: [] for name in fns}
-    if n_boot > 0:
-        for w in _replicate_weights(len(y), n_boot, seed):
-            wk = w[:, keep]
-            for name, fn in fns.items():
-                reps[name].append(fn(yk, pk, wk))
-    return {name: (point[name], np.concatenate(reps[name]) if reps[name] else np.empty(0)) for name in fns}
+    return _replicates_many([(fns, y, p, keep)], n_boot, seed)[0]
 
 
 def _ci(fns, y, p, keep, n_boot, seed, alpha) -> dict[str, dict[str, float]]:
@@ -385,9 +437,9 @@ def _task_inputs(task: str, y, p) -> tuple[str, np.ndarray, np.ndarray, np.ndarr
 
 
 def _task_fns(kind: str, y: np.ndarray, keep: np.ndarray, n_classes: int, k: int, n_bins: int,
-              class_prior: np.ndarray | None) -> dict[str, Callable]:
+              class_prior: np.ndarray | None) -> dict[Any, Callable]:
     if kind == "binary":
-        return {"auc": roc_auc.weighted, "pr_auc": pr_auc.weighted,
+        return {("auc", "pr_auc"): _ranking_pair,
                 "ece": functools.partial(ece.weighted, n_bins=n_bins), "logloss": log_loss.weighted,
                 "prevalence": prevalence.weighted}
     if kind == "regression":
@@ -398,27 +450,32 @@ def _task_fns(kind: str, y: np.ndarray, keep: np.ndarray, n_classes: int, k: int
         f"top{k}_acc": functools.partial(top_k_accuracy.weighted, k=k),
         f"ndcg@{k}": functools.partial(ndcg_at_k.weighted, k=k),
     }
+
+    def on_majority(fn: Callable) -> Callable:
+        return lambda yy, _p, w: fn(yy, np.broadcast_to(base, (len(yy), n_classes)), w)
+
     for name, fn in list(fns.items()):
-        fns[f"{name}_majority"] = (lambda f: lambda yy, _p, w: f(yy, np.broadcast_to(base, (len(yy), n_classes)), w))(fn)
+        fns[f"{name}_majority"] = on_majority(fn)
     return fns
 
 
 def task_replicates(labels: Mapping[str, Any], preds: Mapping[str, Any], n_boot: int = 200, seed: int = 0,
                     k: int = TOP_K, n_bins: int = ECE_BINS,
                     class_priors: Mapping[str, Any] | None = None) -> dict[str, dict[str, tuple[float, np.ndarray]]]:
-    """{task: {metric: (value, replicate values)}} for the tasks present in both dicts, in ``TASKS`` order."""
-    out = {}
+    """{task: {metric: (value, (n_boot,) replicate values)}} for the tasks present in both dicts, in ``TASKS``
+    order; replicate b of every task (and of every call with the same seed and N) resamples the same customers."""
+    unknown = set(preds) - set(TASKS_BY_NAME)
+    if unknown:
+        raise KeyError(f"unknown tasks {sorted(unknown)}")
+    names, jobs = [], []
     for spec in TASKS:
         if spec.name not in preds or spec.name not in labels:
             continue
         kind, y, p, keep = _task_inputs(spec.name, labels[spec.name], preds[spec.name])
         prior = None if class_priors is None or spec.name not in class_priors else _np(class_priors[spec.name])
-        fns = _task_fns(kind, y, keep, spec.n_classes, k, n_bins, prior)
-        out[spec.name] = _replicates(fns, y, p, keep, n_boot, seed)
-    unknown = set(preds) - set(TASKS_BY_NAME)
-    if unknown:
-        raise KeyError(f"unknown tasks {sorted(unknown)}")
-    return out
+        names.append(spec.name)
+        jobs.append((_task_fns(kind, y, keep, spec.n_classes, k, n_bins, prior), y, p, keep))
+    return dict(zip(names, _replicates_many(jobs, n_boot, seed), strict=True))
 
 
 def evaluate_predictions(labels: Mapping[str, Any], preds: Mapping[str, Any], n_boot: int = 200, seed: int = 0,
