@@ -92,7 +92,8 @@ def train_lightgbm_baselines(X_train, y_train: Mapping[str, Any], X_val, y_val: 
                              early_stopping_rounds: int = EARLY_STOPPING_ROUNDS, num_threads: int = 2,
                              feature_names: Sequence[str] | None = None,
                              categorical_feature: Sequence[int] | str = "auto",
-                             task_overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, lgb.Booster]:
+                             task_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+                             ) -> dict[str, lgb.Booster]:
     """One early-stopped LightGBM per task (default: every task of ``y_train``, in ``TASKS`` order).
 
     ``X_train`` / ``X_val``: (N, F) float matrices with the same columns (NaN = missing feature). ``y_*``:
@@ -130,6 +131,8 @@ def train_lightgbm_baselines(X_train, y_train: Mapping[str, Any], X_val, y_val: 
             raise KeyError(f"{task}: no validation labels (early stopping needs the validation month)")
         it, yt = _labelled(task, y_train[task])
         iv, yv = _labelled(task, y_val[task])
+        if len(np.ravel(y_train[task])) != len(X_train) or len(np.ravel(y_val[task])) != len(X_val):
+            raise ValueError(f"{task}: labels and feature matrices differ in length")
         if len(it) == 0 or len(iv) == 0:
             raise ValueError(f"{task}: {len(it)} labelled training rows, {len(iv)} labelled validation rows")
         p = task_params(task, params, seed, num_threads, (task_overrides or {}).get(task))
