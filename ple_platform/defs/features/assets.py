@@ -95,7 +95,10 @@ def _previous_values(con, spec: FeatureGroupSpec, month: date) -> np.ndarray | N
 
 def _next_month_changes(con, month: date, ids: np.ndarray) -> np.ndarray | None:
     nxt = add_months(month, 1)
-    (n,) = con.execute("SELECT count(*) FROM raw.holdings WHERE month = ?", [nxt]).fetchall()[0]
+    try:
+        (n,) = con.execute("SELECT count(*) FROM raw.holdings WHERE month = ?", [nxt]).fetchall()[0]
+    except duckdb.CatalogException:  # holdings not ingested yet (e.g. raw and features in one first run)
+        return None
     if n == 0:
         return None
     diff = " + ".join(f'abs(coalesce(b."{p}",0) - coalesce(a."{p}",0))' for p in PRODUCT_NAMES)
