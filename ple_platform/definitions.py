@@ -15,9 +15,9 @@ from ple_platform.defs.features.assets import feature_assets  # noqa: E402
 from ple_platform.defs.labels.assets import task_labels  # noqa: E402
 from ple_platform.defs.raw.assets import raw_assets  # noqa: E402
 from ple_platform.defs.resources import build_resources  # noqa: E402
-from ple_platform.defs.training.assets import ple_teacher  # noqa: E402
+from ple_platform.defs.training.assets import ple_teacher, teacher_evaluation  # noqa: E402
 
 defs = dg.Definitions(
-    assets=[*raw_assets, *feature_assets, task_labels, ple_teacher],
+    assets=[*raw_assets, *feature_assets, task_labels, ple_teacher, teacher_evaluation],
     resources=build_resources(Settings.from_env()),
 )

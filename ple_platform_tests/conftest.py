@@ -58,3 +58,55 @@ def materialize(assets, month: str, resources, instance=None, raise_on_error=Fal
         instance=instance or dg.DagsterInstance.ephemeral(),
         raise_on_error=raise_on_error,
     )
+
+
+# ------------------------------------------------------------------------------------------ model pipeline
+
+PIPELINE_FIT_END = "2015-01-01"  # one fit for all six months: cheap features, five labelled months to train on
+TINY_TEACHER = {"max_customers_per_month": 300, "epochs": 1, "batch_size": 128, "expert_dim": 16, "n_layers": 2}
+
+
+def pipeline_env_vars(root: Path, landing: Path) -> dict[str, str]:
+    return {
+        "PLE_DATA_DIR": str(root),
+        "PLE_LANDING": str(landing),
+        "PLE_LANDING_KIND": "synthetic",
+        "PLE_FIT_END_MONTH": PIPELINE_FIT_END,
+        "PLE_START_MONTH": "2015-01-01",
+        "PLE_END_MONTH": "2015-06-01",
+    }
+
+
+@pytest.fixture(scope="session")
+def pipeline_data(tmp_path_factory, landing_dir) -> Path:
+    """raw + 17 feature groups + labels for the six test months, materialized once with the production assets
+    (labels after every raw month exists: month t's labels read t+1). Tests copy it (``pipeline_env``)."""
+    from ple_platform.defs.features.assets import feature_assets
+    from ple_platform.defs.labels.assets import task_labels
+    from ple_platform.defs.raw.assets import raw_assets
+
+    root = tmp_path_factory.mktemp("pipeline")
+    months = [date(2015, m, 1).isoformat() for m in range(1, TEST_MONTHS + 1)]
+    with pytest.MonkeyPatch.context() as mp:
+        env = pipeline_env_vars(root, landing_dir)
+        for k, v in env.items():
+            mp.setenv(k, v)
+        res = build_resources(Settings.from_env(env))
+        for m in months:
+            assert materialize([*raw_assets, *feature_assets], m, res).success, m
+        for m in months[:-1]:  # small panels may fail the learnability check (e.g. too few lending acquisitions)
+            materialize([task_labels], m, res)
+    return root
+
+
+@pytest.fixture
+def pipeline_env(tmp_path, pipeline_data, landing_dir, monkeypatch) -> Settings:
+    """A private copy of the materialized pipeline data with the environment pointing at it."""
+    import shutil
+
+    root = tmp_path / "platform"
+    shutil.copytree(pipeline_data, root)
+    env = pipeline_env_vars(root, landing_dir)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return Settings.from_env(env)

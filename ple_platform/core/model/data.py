@@ -150,6 +150,11 @@ class MonthData:
             raise KeyError(f"unknown feature group {name!r}; known: {_GROUP_NAMES}")
         return self.groups[name][rows]
 
+    def matrix(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """(n, 1,211) float32 of every group in spec order (the tabular models' input: LightGBM baselines and
+        students). Raw data give raw values (what reasons quote); column names are ``all_columns()``."""
+        return np.hstack([self.group(g.name, rows) for g in FEATURE_GROUPS])
+
     def select(self, rows: np.ndarray) -> MonthData:
         """A new MonthData with the given rows (a copy)."""
         rows = np.asarray(rows)

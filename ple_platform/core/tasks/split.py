@@ -40,6 +40,12 @@ class TimeSplit:
             "test": self.test.isoformat(),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> TimeSplit:
+        """Inverse of ``as_dict`` (the split stored in a checkpoint)."""
+        return cls(date.fromisoformat(d["model_month"]), tuple(date.fromisoformat(m) for m in d["train"]),
+                   date.fromisoformat(d["validation"]), date.fromisoformat(d["test"]))
+
 
 def time_split(model_month: date, first_train_month: date, min_train_months: int = 1) -> TimeSplit:
     last_train = add_months(model_month, -3)
