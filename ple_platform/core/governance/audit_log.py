@@ -1,0 +1,272 @@
+"""Tamper-evident audit log: one HMAC-SHA256 hash chain for every process (SPEC §8).
+
+Each entry is a row of ``audit_log(seq, ts, actor, event, subject, payload, prev_hash, hash)`` with
+
+    hash = HMAC-SHA256(key, canonical_json({seq, ts, actor, event, subject, payload, prev_hash}))
+
+where ``payload`` is the stored canonical JSON text, ``ts`` the UTC time as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` and
+``prev_hash`` the previous entry's hash (64 zeros for entry 1). ``seq`` is contiguous from 1.
+
+Single sequencer (the reference reset its chain per logger instance, reference-repo-ops §10 item 20): an
+append runs inside ``GovernanceStore.transaction()``, i.e. under the store's exclusive file lock, reads the
+current head and writes the next row plus the new head in one DuckDB transaction. Dagster runs, the sensor,
+the CLI and the serving API therefore extend one chain, whatever process they run in.
+
+Truncation: a chain alone cannot show that its last rows were deleted. ``audit_head(id=1, seq, hash, mac)``
+is updated in the same transaction as each append and carries ``mac = HMAC(key, {head, seq, hash})``;
+``verify`` checks that the head matches the last row. Deleting the tail *and* rewriting the head consistently
+needs the key. What the head cannot catch is a rollback of the whole file to an older copy (old head, old
+tail): that needs the head hash anchored outside the store (e.g. exported with each compliance report).
+
+Appends fail closed (``AuditIntegrityError``) when the head is missing for a non-empty log, its MAC does not
+verify with this key, or it disagrees with the last row: extending a broken or foreign chain would hide the
+break. Verification is read in pages under short shared locks, so it never blocks writers for long.
+
+Key: ``PLE_AUDIT_KEY``. Without it, ``PLE_ENV=prod`` refuses to run (``MissingSecretError``); elsewhere the
+documented ``DEV_AUDIT_KEY`` is used -- for the demo and tests only, anyone can forge entries with it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ple_platform.core.governance.pseudonymise import MissingSecretError
+from ple_platform.core.governance.store import GovernanceStore, as_utc, canonical_json, utc_now
+
+AUDIT_KEY_ENV_VAR = "PLE_AUDIT_KEY"
+# Demo-only default (public in the source: it proves nothing). Refused when PLE_ENV=prod.
+DEV_AUDIT_KEY = b"ple-platform-dev-only-audit-log-key"
+GENESIS_HASH = "0" * 64
+_HEAD_ID = 1
+_PAGE_SIZE = 10_000
+
+
+class AuditEvent(str, enum.Enum):
+    """What an entry records. The value is the string stored in ``audit_log.event``."""
+
+    INGEST = "ingest"
+    FEATURE_FIT = "feature_fit"
+    TRAINING = "training"
+    EVALUATION = "evaluation"
+    STUDENT = "student"
+    REGISTRATION = "registration"
+    APPROVAL = "approval"
+    PROMOTION = "promotion"
+    REJECTION = "rejection"
+    REPORT = "report"
+    RECOMMENDATION = "recommendation"
+
+    @classmethod
+    def parse(cls, event: str | AuditEvent) -> AuditEvent:
+        try:
+            return cls(event)
+        except ValueError:
+            allowed = ", ".join(e.value for e in cls)
+            raise AuditLogError(f"unknown audit event {event!r}; expected one of: {allowed}") from None
+
+
+class AuditLogError(ValueError):
+    """Bad input to the audit log (unknown event, empty subject/actor, non-JSON payload, bad key)."""
+
+
+class AuditIntegrityError(RuntimeError):
+    """The stored chain is inconsistent, so appending to it is refused; ``verify()`` says where."""
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    ts: dt.datetime  # timezone-aware UTC
+    actor: str
+    event: AuditEvent
+    subject: str
+    payload: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    n_entries: int  # rows in the log when verification started
+    first_broken_seq: int | None  # None when intact, or when only the head row itself is at fault
+    reason: str
+
+
+def audit_key(environ: Mapping[str, str] | None = None) -> bytes:
+    """The audit HMAC key from ``PLE_AUDIT_KEY``; ``DEV_AUDIT_KEY`` outside production."""
+    e = os.environ if environ is None else environ
+    value = e.get(AUDIT_KEY_ENV_VAR, "")
+    prod = e.get("PLE_ENV", "dev") == "prod"
+    if value:
+        if prod and value.encode() == DEV_AUDIT_KEY:
+            raise MissingSecretError(f"{AUDIT_KEY_ENV_VAR} is the public dev key: set a real secret in production")
+        return value.encode()
+    if prod:
+        raise MissingSecretError(
+            f"{AUDIT_KEY_ENV_VAR} is not set: production refuses to write or verify the audit log with the dev key")
+    return DEV_AUDIT_KEY
+
+
+def _ts_text(ts: dt.datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_hash(key: bytes, seq: int, ts: dt.datetime, actor: str, event: str, subject: str, payload_json: str,
+               prev_hash: str) -> str:
+    """HMAC-SHA256 of an entry's canonical form (``ts`` naive UTC, ``payload_json`` the stored text)."""
+    message = canonical_json({"seq": seq, "ts": _ts_text(ts), "actor": actor, "event": event, "subject": subject,
+                              "payload": payload_json, "prev_hash": prev_hash})
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def head_mac(key: bytes, seq: int, last_hash: str) -> str:
+    """MAC of the head row (domain-separated from entry hashes by the ``head`` field)."""
+    message = canonical_json({"head": _HEAD_ID, "seq": seq, "hash": last_hash})
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def _require_text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise AuditLogError(f"audit {what} must be a non-empty string, got {value!r}")
+    return value
+
+
+class AuditLog:
+    """Append to, query and verify the audit chain stored in ``store``."""
+
+    def __init__(self, store: GovernanceStore, key: bytes) -> None:
+        if not isinstance(key, (bytes, bytearray)) or not key:
+            raise AuditLogError("audit key must be non-empty bytes (see audit_key())")
+        self.store = store
+        self._key = bytes(key)
+
+    def append(self, event: str | AuditEvent, subject: str, payload: Mapping[str, Any],
+               actor: str = "system") -> AuditEntry:
+        """Append one entry and return it. ``payload`` must be JSON-serialisable (numpy scalars are converted)."""
+        ev = AuditEvent.parse(event)
+        _require_text(subject, "subject")
+        _require_text(actor, "actor")
+        if not isinstance(payload, Mapping):
+            raise AuditLogError(f"audit payload must be a mapping, got {type(payload).__name__}")
+        payload_json = canonical_json(payload, "payload")  # raises CanonicalJSONError (a ValueError) naming the key
+        with self.store.transaction() as con:
+            prev_seq, prev_hash = self._current_head(con)
+            seq, ts = prev_seq + 1, utc_now()
+            h = entry_hash(self._key, seq, ts, actor, ev.value, subject, payload_json, prev_hash)
+            con.execute("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [seq, ts, actor, ev.value, subject, payload_json, prev_hash, h])
+            con.execute("INSERT OR REPLACE INTO audit_head VALUES (?, ?, ?, ?)",
+                        [_HEAD_ID, seq, h, head_mac(self._key, seq, h)])
+        return AuditEntry(seq, as_utc(ts), actor, ev, subject, json.loads(payload_json), prev_hash, h)
+
+    def entries(self, event: str | AuditEvent | None = None, subject: str | None = None) -> list[AuditEntry]:
+        """Entries in seq order, optionally only one event type and/or one subject."""
+        where, params = [], []
+        if event is not None:
+            where.append("event = ?")
+            params.append(AuditEvent.parse(event).value)
+        if subject is not None:
+            where.append("subject = ?")
+            params.append(subject)
+        sql = "SELECT seq, ts, actor, event, subject, payload, prev_hash, hash FROM audit_log"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self.store.read() as con:
+            rows = con.execute(sql + " ORDER BY seq", params).fetchall()
+        return [AuditEntry(seq, as_utc(ts), actor, AuditEvent(ev), subj, json.loads(payload), prev, h)
+                for seq, ts, actor, ev, subj, payload, prev, h in rows]
+
+    def verify(self, page_size: int = _PAGE_SIZE) -> VerifyResult:
+        """Recompute the chain and check the head; stop at the first break and say where and why."""
+        if page_size < 1:
+            raise AuditLogError(f"page_size must be >= 1, got {page_size}")
+        with self.store.read() as con:
+            head = con.execute("SELECT seq, hash, mac FROM audit_head WHERE id = ?", [_HEAD_ID]).fetchall()
+            n_rows, max_seq = con.execute("SELECT count(*), coalesce(max(seq), 0) FROM audit_log").fetchall()[0]
+        head_row = head[0] if head else None
+        head_ok = head_row is not None and hmac.compare_digest(head_row[2], head_mac(self._key, head_row[0],
+                                                                                     head_row[1]))
+
+        def fail(seq: int | None, reason: str) -> VerifyResult:
+            return VerifyResult(False, n_rows, seq, reason)
+
+        prev_seq, prev_hash = 0, GENESIS_HASH
+        while True:
+            # Rows above the snapshot's max_seq were appended after verification started: not ours to judge.
+            with self.store.read() as con:
+                page = con.execute(
+                    "SELECT seq, ts, actor, event, subject, payload, prev_hash, hash FROM audit_log "
+                    "WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?", [prev_seq, max_seq, page_size]).fetchall()
+            if not page:
+                break
+            for seq, ts, actor, event, subject, payload, stored_prev, stored_hash in page:
+                expected = prev_seq + 1
+                if seq != expected:
+                    return fail(expected, f"entry {expected}: missing (the next stored entry is {seq}; "
+                                          "row deleted or its seq edited)")
+                if stored_prev != prev_hash:
+                    before = "the genesis hash" if seq == 1 else f"entry {seq - 1}'s hash"
+                    return fail(seq, f"entry {seq}: prev_hash does not match {before} "
+                                     "(row deleted, inserted, reordered or prev_hash edited)")
+                recomputed = entry_hash(self._key, seq, ts, actor, event, subject, payload, stored_prev)
+                if not hmac.compare_digest(recomputed, stored_hash):
+                    if seq == 1 and head_row is not None and not head_ok:
+                        return fail(1, "entry 1: hash mismatch and audit head MAC mismatch "
+                                       "(wrong audit key, or the whole log was rewritten)")
+                    return fail(seq, f"entry {seq}: hash mismatch (row edited)")
+                prev_seq, prev_hash = seq, stored_hash
+        # prev_seq == max_seq here: every seq 1..max_seq was present (a gap returned above).
+        if head_row is None:
+            if max_seq == 0:
+                return VerifyResult(True, 0, None, "audit log empty")
+            return fail(None, f"audit head missing while the log has {max_seq} entries (head row deleted)")
+        if not head_ok:
+            return fail(None, "audit head: MAC mismatch (head row edited, or a different key)")
+        head_seq, head_hash = head_row[0], head_row[1]
+        if head_seq > max_seq:
+            return fail(max_seq + 1, f"entry {max_seq + 1}: missing at the tail (the head records {head_seq} "
+                                     f"entries, the log ends at {max_seq}; rows deleted)")
+        if head_seq < max_seq:
+            return fail(head_seq + 1, f"entry {head_seq + 1}: beyond the head (the head records {head_seq} "
+                                      "entries; rows added without the key)")
+        if head_hash != prev_hash:
+            return fail(head_seq, f"entry {head_seq}: hash differs from the head's (last row replaced)")
+        return VerifyResult(True, n_rows, None, f"{n_rows} entries, chain and head verified")
+
+    def _current_head(self, con: Any) -> tuple[int, str]:
+        """(seq, hash) of the last entry from the head row, cross-checked with the last row.
+
+        Raises ``AuditIntegrityError`` rather than extend a chain whose head is missing, forged, written with
+        another key or out of step with the table.
+        """
+        head = con.execute("SELECT seq, hash, mac FROM audit_head WHERE id = ?", [_HEAD_ID]).fetchall()
+        if not head:
+            n = con.execute("SELECT count(*) FROM audit_log").fetchall()[0][0]
+            if n:
+                raise AuditIntegrityError(f"audit head missing while the log has {n} entries: refusing to append "
+                                          "(run `ple-platform audit verify`)")
+            return 0, GENESIS_HASH
+        seq, last_hash, mac = head[0]
+        if not hmac.compare_digest(mac, head_mac(self._key, seq, last_hash)):
+            raise AuditIntegrityError("audit head MAC does not verify with this key (wrong PLE_AUDIT_KEY, or the "
+                                      "head was edited): refusing to append")
+        tail = con.execute("SELECT seq, hash FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT 2", [seq]).fetchall()
+        if tail != [(seq, last_hash)]:
+            raise AuditIntegrityError(f"audit head (seq {seq}) disagrees with the stored rows {tail}: refusing to "
+                                      "append (run `ple-platform audit verify`)")
+        return seq, last_hash
+
+
+def verify_text(result: VerifyResult) -> str:
+    """One line for ``ple-platform audit verify`` (which exits 1 when ``result.ok`` is false)."""
+    if result.ok:
+        return f"audit log OK: {result.reason}"
+    return f"audit log FAILED ({result.n_entries} entries): {result.reason}"
