@@ -7,6 +7,7 @@ never code edits. See docs/operations.md for the full table.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from datetime import date
@@ -42,6 +43,9 @@ class Settings:
     end_month: date
     fit_end_month: date
     duckdb_memory_limit: str  # bounds DuckDB's working memory (it spills to disk beyond it)
+    governance_db: Path  # registry + audit log: a small DuckDB file of its own (see core/governance/store.py)
+    require_approval: bool  # promotion waits for a human approval record
+    promotion_policy: dict  # overrides of PromotionPolicy's rules (JSON in PLE_PROMOTION_POLICY)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -62,6 +66,15 @@ class Settings:
         if end < start:
             raise SettingsError(f"PLE_END_MONTH {end} is before PLE_START_MONTH {start}")
         txn = e.get("PLE_LANDING_TRANSACTIONS")
+        try:
+            policy = json.loads(e.get("PLE_PROMOTION_POLICY") or "{}")
+        except json.JSONDecodeError as err:
+            raise SettingsError(f"PLE_PROMOTION_POLICY is not valid JSON: {err}") from None
+        if not isinstance(policy, dict):
+            raise SettingsError("PLE_PROMOTION_POLICY must be a JSON object of PromotionPolicy fields")
+        approval = e.get("PLE_REQUIRE_APPROVAL", "0").strip().lower()
+        if approval not in ("0", "1", "true", "false", "yes", "no", ""):
+            raise SettingsError(f"PLE_REQUIRE_APPROVAL={approval!r}: expected 1/0, true/false or yes/no")
         return cls(
             env=env,
             data_dir=data_dir,
@@ -75,4 +88,7 @@ class Settings:
             end_month=end,
             fit_end_month=max(start, min(fit_end, end)),
             duckdb_memory_limit=e.get("PLE_DUCKDB_MEMORY_LIMIT", "4GB"),
+            governance_db=Path(e.get("PLE_GOVERNANCE_DB", str(data_dir / "governance.duckdb"))),
+            require_approval=approval in ("1", "true", "yes"),
+            promotion_policy=policy,
         )

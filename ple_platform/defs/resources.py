@@ -12,6 +12,9 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ple_platform.core.data.landing import LandingSource
+from ple_platform.core.governance.audit_log import AuditLog, audit_key
+from ple_platform.core.governance.registry import Registry
+from ple_platform.core.governance.store import GovernanceStore
 from ple_platform.core.settings import Settings
 from ple_platform.core.storage import ArtifactStore, artifact_store_from_uri
 
@@ -56,12 +59,29 @@ class LandingZoneResource(dg.ConfigurableResource):
         )
 
 
+class GovernanceResource(dg.ConfigurableResource):
+    """Model registry and tamper-evident audit log (one small DuckDB file, locked per operation, so runs, the
+    sensor daemon and the CLI can all write). The audit key comes from ``PLE_AUDIT_KEY`` (required in prod)."""
+
+    path: str
+
+    def store(self) -> GovernanceStore:
+        return GovernanceStore(self.path)
+
+    def registry(self) -> Registry:
+        return Registry(self.store())
+
+    def audit_log(self) -> AuditLog:
+        return AuditLog(self.store(), audit_key())
+
+
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
         "warehouse": WarehouseResource(
             database=settings.warehouse_path, connection_config={"memory_limit": settings.duckdb_memory_limit}
         ),
         "artifacts": ArtifactStoreResource(uri=settings.artifacts_uri, s3_endpoint_url=settings.s3_endpoint_url),
+        "governance": GovernanceResource(path=str(settings.governance_db)),
         "landing": LandingZoneResource(
             kind=settings.landing_kind,
             path=str(settings.landing_path),

@@ -710,9 +710,13 @@ class TaskStudents(NamedTuple):
 
 def fit_task_students(task: str, X_train, y_train, teacher_train, X_val, y_val, teacher_val,
                       feature_names: Sequence[str], config: StudentConfig | None = None, *,
-                      keep_share: float = 0.5, n_boot: int = 200, bins: FeatureBins | None = None) -> TaskStudents:
+                      keep_share: float = 0.5, n_boot: int = 200, bins: FeatureBins | None = None,
+                      force_route: Route | None = None) -> TaskStudents:
     """Train both forms of one task, evaluate them and the teacher on the validation month (``evaluate_predictions``
-    with ``n_boot`` bootstrap replicates, paired by seed) and route on the primary metric."""
+    with ``n_boot`` bootstrap replicates, paired by seed) and route on the primary metric.
+
+    ``force_route`` (ablations, fidelity drills) overrides the evidence; the decision keeps the evidence's numbers
+    and says that the route was forced."""
     config = config or StudentConfig()
     X_train, X_val = _matrix(X_train, "X_train"), _matrix(X_val, "X_val")
     if bins is None:
@@ -729,6 +733,11 @@ def fit_task_students(task: str, X_train, y_train, teacher_train, X_val, y_val, 
     metric = TASKS_BY_NAME[task].primary_metric
     decision = route(task, validation["teacher"][metric]["value"], validation["direct"][metric]["value"],
                      validation["distill"][metric]["value"], keep_share=keep_share, metric=metric)
+    if force_route is not None and force_route != decision.route:
+        if force_route not in ("DISTILL", "DIRECT"):
+            raise StudentInputError(f"{task}: force_route must be DISTILL or DIRECT, got {force_route!r}")
+        decision = replace(decision, route=force_route,
+                           reason=f"{task}: {force_route} — forced by configuration; the evidence said {decision.reason}")
     chosen = distilled if decision.route == "DISTILL" else direct
     chosen = replace(chosen, metrics={**chosen.metrics, "routing": decision.to_dict()})
     log.info("%s", decision.reason)

@@ -79,6 +79,10 @@ class PromotionPolicy:
     allow_insufficient_fairness: bool = False
     task_tolerances: Mapping[str, float] = field(default_factory=dict)  # per-task override of the tolerance
     required_fairness_attributes: tuple[str, ...] = PROTECTED_ATTRIBUTES
+    # A task whose metric is undefined for the challenger AND the champion on the evaluated month (e.g. no
+    # acquisition of that kind among the evaluated customers) is excluded, with a stated reason, instead of
+    # rejecting; off by default (missing evidence rejects).
+    allow_unevaluable_tasks: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -363,9 +367,11 @@ def _fairness_reasons(policy: PromotionPolicy, fairness: dict[str, dict[str, Any
     return fails, passes + ([] if fails else accepted)
 
 
-def _challenger_reasons(by_task: dict[str, TaskComparison]) -> list[str]:
+def _challenger_reasons(by_task: dict[str, TaskComparison], excluded: frozenset[str] = frozenset()) -> list[str]:
     fails = []
     for spec in TASKS:
+        if spec.name in excluded:
+            continue
         tc = by_task.get(spec.name)
         if tc is None:
             fails.append(f"task {spec.name!r}: no {spec.primary_metric} comparison was supplied (missing evidence)")
@@ -374,9 +380,9 @@ def _challenger_reasons(by_task: dict[str, TaskComparison]) -> list[str]:
     return fails
 
 
-def _metric_reasons(policy: PromotionPolicy, by_task: dict[str, TaskComparison]) -> tuple[list[str], list[str],
-                                                                                          dict[str, Any]]:
-    fails = _challenger_reasons(by_task)
+def _metric_reasons(policy: PromotionPolicy, by_task: dict[str, TaskComparison],
+                    excluded: frozenset[str] = frozenset()) -> tuple[list[str], list[str], dict[str, Any]]:
+    fails = _challenger_reasons(by_task, excluded)
     passes: list[str] = []
     for spec in TASKS:
         tc = by_task.get(spec.name)
@@ -397,7 +403,8 @@ def _metric_reasons(policy: PromotionPolicy, by_task: dict[str, TaskComparison])
         if d < worst:
             worst_task, worst = spec.name, d
     rel = [by_task[s.name].relative_improvement for s in TASKS if s.name in by_task]
-    complete = len(rel) == len(TASKS) and all(r is not None for r in rel)
+    rel = [r for s, r in zip([s for s in TASKS if s.name in by_task], rel) if s.name not in excluded]
+    complete = len(rel) == len(TASKS) - len(excluded) and all(r is not None for r in rel)
     mean_rel = float(sum(rel) / len(rel)) if complete else None
     summary: dict[str, Any] = {"mean_relative_improvement": mean_rel, "worst_task": worst_task,
                                "worst_signed_diff": None if worst_task is None else worst}
@@ -448,14 +455,21 @@ def decide(policy: PromotionPolicy, challenger_version: str, champion_version: s
     checks_n, fairness_n = _validate_checks(checks), _validate_fairness(fairness)
 
     bootstrap = champion_version is None
+    excluded = frozenset(
+        name for name, tc in by_task.items()
+        if policy.allow_unevaluable_tasks and _num(tc.challenger) is None and _num(tc.champion) is None
+    )
     check_fails, check_pass = _check_reasons(policy, checks_n)
     fair_fails, fair_pass = _fairness_reasons(policy, fairness_n)
     if bootstrap:
-        metric_fails, metric_pass, summary = _challenger_reasons(by_task), [], {}
+        metric_fails, metric_pass, summary = _challenger_reasons(by_task, excluded), [], {}
         if not metric_fails:
-            metric_pass = [f"no champion exists: bootstrap rule (challenger measured on all {len(TASKS)} tasks)"]
+            metric_pass = [f"no champion exists: bootstrap rule (challenger measured on all "
+                           f"{len(TASKS) - len(excluded)} evaluable tasks)"]
     else:
-        metric_fails, metric_pass, summary = _metric_reasons(policy, by_task)
+        metric_fails, metric_pass, summary = _metric_reasons(policy, by_task, excluded)
+    metric_pass += [f"task {t!r} is not evaluable on this month (its metric is undefined for every bundle): "
+                    "excluded because the policy sets allow_unevaluable_tasks" for t in sorted(excluded)]
 
     evidence = {
         "challenger_version": challenger_version, "champion_version": champion_version,

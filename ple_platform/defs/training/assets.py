@@ -26,8 +26,10 @@ from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource
 HISTORY = dg.TimeWindowPartitionMapping(start_offset=-16, end_offset=0, allow_nonexistent_upstream_partitions=True)
 
 
-def teacher_checkpoint_key(month: date) -> str:
-    return f"teacher/{month.isoformat()}/checkpoint.pt"
+def teacher_checkpoint_key(month: date, sha256: str | None = None) -> str:
+    """The month's latest checkpoint, or (with ``sha256``) its immutable content-addressed copy that registered
+    bundles reference."""
+    return f"teacher/{month.isoformat()}/" + (f"{sha256[:16]}.pt" if sha256 else "checkpoint.pt")
 
 
 class TeacherRunConfig(dg.Config):
@@ -80,6 +82,7 @@ def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, war
         except SplitError as err:
             raise dg.Failure(description=str(err)) from None
     store = artifacts.store()
+    store.put(teacher_checkpoint_key(month, result.sha256), result.checkpoint)
     uri, sha = store.put(teacher_checkpoint_key(month), result.checkpoint)
     split = result.split.as_dict()
     return dg.MaterializeResult(
