@@ -3,6 +3,10 @@
     ple-platform generate --customers 5000 --seed 7 --out data/landing
     ple-platform demo                       # generate + materialize the demo groups for every month
     ple-platform materialize --group raw --months 2016-01..2016-05
+    ple-platform registry                   # model versions, champion history, decisions with reasons
+    ple-platform approve v2016.05-1a2b3c4d5e --approver risk.officer@bank --note "reviewed fairness"
+    ple-platform audit verify               # OK, or the first broken entry (exit 1)
+    ple-platform lineage <recommendation-id | model-version>
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ from ple_platform.core.data.schema import month_range, parse_month
 from ple_platform.core.settings import Settings, SettingsError
 
 DEMO_GROUPS = ("raw", "features", "labels")
+DEMO_MODEL_MONTHS = 2  # the model chain runs for the newest months (the first becomes champion, the next challenges)
+# Laptop-sized model settings for the demo (the production defaults are the run-config defaults in the UI).
+DEMO_RUN_CONFIG = {
+    "ple_teacher": {"max_customers_per_month": 600, "epochs": 2, "batch_size": 256, "expert_dim": 32, "n_layers": 2},
+    "teacher_evaluation": {"n_boot": 100, "lgb_num_boost_round": 150},
+    "student": {"num_boost_round": 200, "early_stopping_rounds": 20, "selection_rounds": 40, "n_boot": 100},
+    "challenger_evaluation": {"n_boot": 200},
+}
 
 
 def _months(spec: str | None, settings: Settings) -> list[date]:
@@ -84,6 +96,55 @@ def materialize_groups(groups: list[str], months: list[date], echo=print) -> boo
     return True
 
 
+def _model_run_config() -> dict:
+    from ple_platform.core.tasks.spec import TASKS
+
+    ops = {k: {"config": v} for k, v in DEMO_RUN_CONFIG.items() if k != "student"}
+    ops.update({f"student_{t.name}": {"config": DEMO_RUN_CONFIG["student"]} for t in TASKS})
+    return {"ops": ops, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def run_model_chain(months: list[date], echo=print) -> bool:
+    """Teacher -> evaluation -> students -> bundle -> challenger evaluation for each month, then the same
+    champion_challenger_sensor evaluation the daemon runs, with its promotion runs executed here."""
+    import dagster as dg
+
+    from ple_platform.definitions import defs
+    from ple_platform.defs.governance.promotion import champion_challenger_sensor
+
+    instance = dg.DagsterInstance.get()
+    assets = list(defs.assets or [])
+    chain = dg.AssetSelection.groups("training", "distillation") | dg.AssetSelection.assets("challenger_evaluation")
+    cursor = None
+    for month in months:
+        t0 = time.perf_counter()
+        result = dg.materialize(assets, selection=chain, partition_key=month.isoformat(), instance=instance,
+                                resources=defs.resources, run_config=_model_run_config(), raise_on_error=False,
+                                tags={"ple/launched_by": "cli"})
+        checks = result.get_asset_check_evaluations()
+        failed = [c for c in checks if not c.passed]
+        echo(f"    {month:%Y-%m}  {'ok' if result.success else 'FAILED':6}  teacher, evaluation, 13 students, bundle, "
+             f"challenger evaluation; {len(checks) - len(failed)}/{len(checks)} fidelity checks passed  "
+             f"{time.perf_counter() - t0:5.0f}s")
+        for c in failed:
+            echo(f"      check {c.asset_key.to_user_string()}.{c.check_name}: {c.description}")
+        if not result.success:
+            return False
+        ctx = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources)
+        tick = champion_challenger_sensor(ctx)
+        cursor = tick.cursor
+        for event in tick.asset_events:
+            echo(f"    sensor: {event.metadata['version'].value} -> {event.metadata['decision'].value}")
+            for line in event.metadata["reasons"].value.splitlines():
+                echo(f"      {line}")
+        for req in tick.run_requests:
+            selection = ["champion_model"] if req.job_name == "promote_challenger" else ["challenger_evaluation"]
+            run = dg.materialize(assets, selection=selection, partition_key=req.partition_key, instance=instance,
+                                 resources=defs.resources, run_config=req.run_config, tags=req.tags)
+            echo(f"    run {req.job_name} ({req.run_key}): {'ok' if run.success else 'FAILED'}")
+    return True
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if "DAGSTER_HOME" not in os.environ:
@@ -96,8 +157,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print(f"1/2 landing data present at {settings.landing_path} (use --regenerate to rebuild)")
     groups = list(args.groups or DEMO_GROUPS)
-    print(f"2/2 materializing groups {groups} for every month into {settings.warehouse_path}")
+    print(f"2/3 materializing groups {groups} for every month into {settings.warehouse_path}")
     ok = materialize_groups(groups, _months(None, settings))
+    if ok and not args.groups:
+        months = _months(None, settings)[-DEMO_MODEL_MONTHS:]
+        print(f"3/3 models for {', '.join(f'{m:%Y-%m}' for m in months)}: teacher, students, promotion")
+        ok = run_model_chain(months)
+        from ple_platform.core.governance.audit_log import verify_text
+
+        registry, audit = _governance()
+        champion = registry.champion()
+        print(f"  champion: {champion.version if champion else 'none'}; audit log: {verify_text(audit.verify())}")
     print()
     print("Open the Dagster UI:  make ui   ->  http://127.0.0.1:3000/assets  (runs, checks and metadata are there)")
     return 0 if ok else 1
@@ -106,6 +176,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_materialize(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     return 0 if materialize_groups(args.group, _months(args.months, settings)) else 1
+
+
+def _governance():
+    from ple_platform.core.governance.audit_log import AuditLog, audit_key
+    from ple_platform.core.governance.registry import Registry
+    from ple_platform.core.governance.store import GovernanceStore
+
+    store = GovernanceStore(Settings.from_env().governance_db)
+    return Registry(store), AuditLog(store, audit_key())
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from ple_platform.core.governance.audit_log import verify_text
+
+    _, audit = _governance()
+    result = audit.verify()
+    print(verify_text(result))
+    return 0 if result.ok else 1
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from ple_platform.core.governance.promotion_flow import approve_challenger
+
+    registry, audit = _governance()
+    approval_id, evidence = approve_challenger(registry, audit, args.version, args.approver, args.note or "")
+    print(f"approval {approval_id}: {args.approver} approved {args.version} (evidence {evidence[:16]}…); "
+          "the champion_challenger_sensor promotes it on its next tick")
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    registry, _ = _governance()
+    champion = registry.champion()
+    print(f"champion: {champion.version if champion else 'none'}")
+    for b in registry.versions():
+        print(f"  {b.version:28} {b.status.value:10} month {b.model_month:%Y-%m}  bundle {b.bundle_sha256[:12]}  "
+              f"run {b.run_id}")
+        for d in registry.decisions(b.version):
+            print(f"    decision {d.id} {d.outcome.value if hasattr(d.outcome, 'value') else d.outcome}: "
+                  + "; ".join(d.reasons))
+    for c in registry.champion_history():
+        print(f"  champion since {c.promoted_at:%Y-%m-%d %H:%M}: {c.version} ({c.kind.value}, decision {c.decision_id})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +243,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--group", nargs="+", required=True)
     m.add_argument("--months", help="YYYY-MM..YYYY-MM (default: all)")
     m.set_defaults(func=cmd_materialize)
+
+    r = sub.add_parser("registry", help="model versions, decisions with reasons, champion history")
+    r.set_defaults(func=cmd_registry)
+
+    a = sub.add_parser("approve", help="approve a challenger awaiting approval (approval mode)")
+    a.add_argument("version")
+    a.add_argument("--approver", required=True, help="who approves (recorded with the evidence hash)")
+    a.add_argument("--note", default="")
+    a.set_defaults(func=cmd_approve)
+
+    au = sub.add_parser("audit", help="audit log tools")
+    au.add_argument("action", choices=["verify"])
+    au.set_defaults(func=cmd_audit)
     return p
 
 

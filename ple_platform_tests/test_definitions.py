@@ -1,11 +1,13 @@
 """The Definitions object: groups, partitions, checks, and GPU dispatch tags rendered into a k8s Job."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
+from ple_platform.core.tasks.spec import TASKS
 from ple_platform.definitions import defs
 from ple_platform.defs.partitions import MONTHLY
 
@@ -24,10 +26,23 @@ def test_definitions_load_and_groups():
     graph, groups = _specs_by_group()
     assert groups["raw"] == {"raw_customers", "raw_holdings", "raw_transactions"}
     assert groups["features"] == {g.name for g in FEATURE_GROUPS}
-    for key in graph.get_all_asset_keys():
-        assert graph.get(key).partitions_def == MONTHLY
+    assert groups["training"] == {"ple_teacher", "teacher_evaluation"}
+    assert groups["distillation"] == {"distillation_dataset", "model_bundle", *(f"student_{t.name}" for t in TASKS)}
+    assert {"challenger_evaluation", "champion_model"} <= groups["governance"]
+    for key in graph.get_all_asset_keys():  # every asset is monthly except the one serving champion
+        expected = None if key.to_user_string() == "champion_model" else MONTHLY
+        assert graph.get(key).partitions_def == expected, key
     assert len(MONTHLY.get_partition_keys()) == 17
     assert MONTHLY.get_partition_keys()[0] == "2015-01-01" and MONTHLY.get_partition_keys()[-1] == "2016-05-01"
+
+
+def test_students_carry_a_blocking_fidelity_check_and_the_sensor_is_registered():
+    graph, _ = _specs_by_group()
+    for t in TASKS:
+        (check,) = graph.get_check_keys_for_assets([dg.AssetKey(f"student_{t.name}")])
+        assert check.name == "fidelity_to_teacher" and graph.get_check_spec(check).blocking
+    assert {j.name for j in defs.resolve_sensor_def("champion_challenger_sensor").jobs} == {"promote_challenger",
+                                                                                "reevaluate_challenger"}
 
 
 def test_every_data_asset_has_blocking_partitioned_checks():
@@ -75,7 +90,7 @@ def test_only_gpu_steps_request_a_gpu_and_the_tag_renders_into_the_step_job():
 def test_production_instance_config_targets_kubernetes_and_postgres():
     import yaml
 
-    from ple_platform_tests.test_webserver import REPO
+    REPO = Path(__file__).resolve().parents[1]
 
     cfg = yaml.safe_load((REPO / "infra" / "dagster-k8s.yaml").read_text())
     assert cfg["run_launcher"]["class"] == "K8sRunLauncher"

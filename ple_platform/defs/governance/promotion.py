@@ -28,6 +28,7 @@ from ple_platform.core.governance.audit_log import AuditEvent
 from ple_platform.core.governance.challenger import evaluate_challenger
 from ple_platform.core.governance.fairness import protected_groups
 from ple_platform.core.governance.promotion import PromotionPolicy
+from ple_platform.core.governance.registry import ModelStatus
 from ple_platform.core.governance.promotion_flow import (
     PromotionFlowError,
     approve_challenger,
@@ -202,10 +203,10 @@ def _judge(context, governance, store, month: str, policy: PromotionPolicy, run_
     evaluation = json.loads(store.get(evaluation_key(date.fromisoformat(month))))
     version = evaluation["version"]
     registry = governance.registry()
-    champion = registry.champion()
-    if champion is not None and champion.version == version:
+    if registry.get(version).status != ModelStatus.REGISTERED:  # champion, retired or rejected: decided before
         pending.discard(month)
         return
+    champion = registry.champion()
     try:
         decided = judge_challenger(registry, governance.audit_log(), policy, version, evaluation, evaluation["checks"])
     except PromotionFlowError as err:

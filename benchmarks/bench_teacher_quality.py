@@ -1,0 +1,88 @@
+"""Benchmark: teacher vs per-task LightGBM (and vanilla PLE) out of time, over seeds (issue: PLE teacher).
+
+    python benchmarks/bench_teacher_quality.py --customers 20000 --workdir /tmp/bench_quality --seeds 0 1 2
+
+Stage 1 (once per workdir): synthetic panel, raw, 17 feature groups and labels for 2015-01..2016-05 through the
+production assets (fit anchor 2015-06). Stage 2 per seed: the teacher of model month 2016-05 (train 2015-06..
+2016-02, validate 2016-03, test 2016-04) and ``assess_teacher`` — the LightGBM baseline and the vanilla PLE are
+trained on the same rows and scored on the same test customers in the same run. Prints per seed the mean binary
+AUC of each model with the paired 95% CI of teacher − LightGBM, the worst task, throughput (samples/s) of the
+teacher and of the vanilla PLE, and the verdict against the goal (mean ≥ +0.005, no task below −0.005).
+Writes the full results as JSON to ``<workdir>/quality_seed<k>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from datetime import date
+from pathlib import Path
+
+
+def _prepare(workdir: Path, customers: int) -> None:
+    marker = workdir / "stage1.done"
+    if marker.exists():
+        return
+    from ple_platform.cli import cmd_generate, materialize_groups
+    from ple_platform.core.data.schema import month_range
+    from ple_platform.core.settings import Settings
+
+    settings = Settings.from_env()
+    t0 = time.perf_counter()
+    cmd_generate(argparse.Namespace(customers=customers, seed=7, out=str(settings.landing_path), months=None))
+    ok = materialize_groups(["raw", "features", "labels"], month_range(settings.start_month, settings.end_month))
+    print(f"stage 1 (generate + raw + features + labels): {time.perf_counter() - t0:.0f}s ok={ok}", flush=True)
+    marker.write_text("ok")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--customers", type=int, default=20000)
+    ap.add_argument("--workdir", default="/tmp/bench_quality")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--per-month", type=int, default=2000, help="teacher sample per month (None = all)")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--expert-dim", type=int, default=32)
+    args = ap.parse_args()
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PLE_DATA_DIR", str(workdir / "data"))
+    os.environ.setdefault("DAGSTER_HOME", str(workdir / "dagster_home"))
+    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    _prepare(workdir, args.customers)
+
+    import duckdb
+
+    from ple_platform.core.model.assessment import AssessmentSettings, assess_teacher, results_markdown
+    from ple_platform.core.model.teacher import TeacherSettings, fit_teacher
+    from ple_platform.core.settings import Settings
+
+    settings = Settings.from_env()
+    rows = []
+    for seed in args.seeds:
+        teacher = TeacherSettings(max_customers_per_month=args.per_month, epochs=args.epochs, seed=seed,
+                                  model={"expert_dim": args.expert_dim, "n_layers": 2})
+        with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+            t0 = time.perf_counter()
+            fitted = fit_teacher(con, date(2016, 5, 1), settings.fit_end_month, teacher, workdir / f"ckpt{seed}")
+            result = assess_teacher(con, fitted.checkpoint, workdir / f"assess{seed}",
+                                    AssessmentSettings(n_boot=200, lgb_num_boost_round=400))
+        (workdir / f"quality_seed{seed}.json").write_text(json.dumps(result, default=str, indent=1))
+        goal = result["goal"]
+        rows.append((seed, result["mean_binary_auc"], goal, fitted.samples_per_second,
+                     result["vanilla_ple"].get("samples_per_second"), time.perf_counter() - t0))
+        print(results_markdown(result), flush=True)
+    print("\n| seed | teacher AUC | LightGBM AUC | vanilla PLE AUC | teacher − LightGBM [95% CI] | worst task | "
+          "teacher samples/s | vanilla samples/s | goal met |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for seed, auc, goal, sps, vsps, secs in rows:
+        lo, hi = goal["mean_auc_diff_ci"]
+        print(f"| {seed} | {auc['teacher']:.4f} | {auc['lightgbm']:.4f} | {auc.get('vanilla_ple', float('nan')):.4f} | "
+              f"{goal['mean_auc_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {goal['worst_task']} "
+              f"({goal['worst_task_diff']:+.4f}) | {sps:.0f} | {vsps or float('nan'):.0f} | {goal['met']} |")
+
+
+if __name__ == "__main__":
+    main()
