@@ -279,3 +279,27 @@ def test_comparisons_from_evaluation_results():
     assert by["churn_signal"].metric == TASKS_BY_NAME["churn_signal"].primary_metric
     d = decide(POLICY, "v2", "v1", tasks, GREEN, FAIR)
     assert d.outcome == "reject" and "task 'next_mcc': the challenger's macro_f1 is missing" in d.reasons[0]
+
+
+def test_no_regression_mode_gates_on_the_champion_not_the_floor():
+    """Where groups differ in propensity, a floor on who is targeted cannot hold; no_regression rejects only a
+    challenger whose lowest AIR falls below the champion's by more than the tolerance."""
+    from ple_platform.core.governance.promotion import PromotionPolicy, TaskComparison, decide
+    from ple_platform.core.tasks.spec import TASKS
+
+    tasks = [TaskComparison(t.name, t.primary_metric, t.primary_metric != "mae",
+                            0.7 if t.primary_metric != "mae" else 0.3, 0.6 if t.primary_metric != "mae" else 0.4,
+                            None) for t in TASKS]
+    checks = {"student_churn_signal/fidelity_to_teacher": True}
+    policy = PromotionPolicy(fairness_mode="no_regression", required_fairness_attributes=("gender",))
+    held = {"gender": {"status": "fail", "min_air": 0.50, "champion_min_air": 0.51}}
+    assert decide(policy, "v2", "v1", tasks, checks, held).outcome == "promote"
+    worse = {"gender": {"status": "fail", "min_air": 0.40, "champion_min_air": 0.51}}
+    d = decide(policy, "v2", "v1", tasks, checks, worse)
+    assert d.outcome == "reject" and any("regressed" in r and "0.400" in r for r in d.reasons)
+    # The default floor mode rejects the same evidence that no_regression accepts.
+    assert decide(PromotionPolicy(required_fairness_attributes=("gender",)), "v2", "v1", tasks, checks,
+                  held).outcome == "reject"
+    # Bootstrap under no_regression records the failed floor instead of blocking.
+    boot = decide(policy, "v1", None, tasks, checks, {"gender": {"status": "fail", "min_air": 0.5}})
+    assert boot.outcome == "bootstrap" and any("no champion to compare" in r for r in boot.reasons)

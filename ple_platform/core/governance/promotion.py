@@ -83,6 +83,13 @@ class PromotionPolicy:
     # acquisition of that kind among the evaluated customers) is excluded, with a stated reason, instead of
     # rejecting; off by default (missing evidence rejects).
     allow_unevaluable_tasks: bool = False
+    # "floor": every required attribute must hold the four-fifths floor (default). "no_regression": where the
+    # target population itself differs by group (acquisition propensity varies with age), a floor on who gets an
+    # offer can never hold; the gate is then that the challenger's lowest AIR per attribute does not fall more than
+    # fairness_regression_tolerance below the champion's, and a bootstrap records (not blocks) a failed floor —
+    # the compliance report still shows the floor as failed.
+    fairness_mode: str = "floor"
+    fairness_regression_tolerance: float = 0.02
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -94,6 +101,9 @@ class PromotionPolicy:
         if self.max_task_degradation < 0:
             raise PromotionInputError(f"PromotionPolicy.max_task_degradation must be >= 0, "
                                       f"got {self.max_task_degradation}")
+        if self.fairness_mode not in ("floor", "no_regression"):
+            raise PromotionInputError(f"PromotionPolicy.fairness_mode must be 'floor' or 'no_regression', "
+                                      f"got {self.fairness_mode!r}")
         if not 0.0 < self.fairness_air_floor <= 1.0:
             raise PromotionInputError(f"PromotionPolicy.fairness_air_floor must be in (0, 1], "
                                       f"got {self.fairness_air_floor}")
@@ -307,7 +317,12 @@ def _validate_fairness(fairness: Mapping[str, Mapping[str, Any]]) -> dict[str, d
         min_air = f.get("min_air")
         if min_air is not None and not _finite(min_air):
             raise PromotionInputError(f"fairness[{attr!r}]: min_air must be a finite number or None, got {min_air!r}")
+        champ = f.get("champion_min_air")
+        if champ is not None and not _finite(champ):
+            raise PromotionInputError(f"fairness[{attr!r}]: champion_min_air must be a finite number or None")
         out[str(attr)] = {"status": f["status"], "min_air": None if min_air is None else float(min_air)}
+        if champ is not None:
+            out[str(attr)]["champion_min_air"] = float(champ)
     return dict(sorted(out.items()))
 
 
@@ -343,6 +358,18 @@ def _fairness_reasons(policy: PromotionPolicy, fairness: dict[str, dict[str, Any
             continue
         status, min_air = f["status"], f["min_air"]
         air = "n/a" if min_air is None else f"{min_air:.3f}"
+        if policy.fairness_mode == "no_regression" and min_air is not None:
+            champ = f.get("champion_min_air")
+            if champ is None:
+                accepted.append(f"fairness over {attr!r}: lowest adverse-impact ratio {air} ({status}); no champion "
+                                "to compare with, recorded under the no_regression policy")
+            elif min_air < champ - policy.fairness_regression_tolerance:
+                fails.append(f"fairness over {attr!r} regressed: lowest adverse-impact ratio {air} vs the "
+                             f"champion's {champ:.3f} (tolerance {policy.fairness_regression_tolerance:.3f})")
+            else:
+                accepted.append(f"fairness over {attr!r} did not regress: lowest adverse-impact ratio {air} vs the "
+                                f"champion's {champ:.3f}")
+            continue
         if status == FAIL:
             fails.append(f"fairness over {attr!r} failed the four-fifths rule (lowest adverse-impact ratio {air})")
         elif min_air is not None and min_air < floor:

@@ -55,7 +55,10 @@ def judge_challenger(registry: Registry, audit: AuditLog, policy: PromotionPolic
                                  f"but the champion is now {champion_version}; re-run challenger_evaluation")
     tasks = comparisons_from_evaluation(evaluation["challenger"], evaluation.get("champion"),
                                         evaluation.get("difference"))
-    fairness = evaluation["fairness"]["challenger"]["summary"]
+    fairness = {a: dict(v) for a, v in evaluation["fairness"]["challenger"]["summary"].items()}
+    for attr, v in ((evaluation["fairness"].get("champion") or {}).get("summary") or {}).items():
+        if attr in fairness and v.get("min_air") is not None:
+            fairness[attr]["champion_min_air"] = v["min_air"]
     decision = decide(policy, version, champion_version, tasks, checks, fairness, _latest_approval(registry, version))
     previous = registry.decisions(version)
     if previous and previous[-1].outcome == decision.outcome and previous[-1].evidence_sha256 == decision.evidence_sha256:
