@@ -2,7 +2,7 @@
 
     PLE_DATA_DIR=data python benchmarks/bench_students.py --customers 1000
 
-Needs a platform with a champion (e.g. after `make demo`). Measured in the same run, single thread:
+Needs a platform with a champion (e.g. after `make demo`) or a registered version (``--version``). Measured in the same run, single thread:
 * per-customer latency of the 13 students in a row (one row at a time, LightGBM num_threads=1): p50 / p99;
 * per-customer latency of the teacher (batch of one, torch 1 thread): p50 / p99 — the baseline;
 * batch scoring throughput of the bundle (customers/s, all test-month rows at once) vs the teacher's batches;
@@ -27,6 +27,7 @@ def _percentiles(xs: list[float]) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--customers", type=int, default=1000)
+    ap.add_argument("--version", help="registered model version (default: the champion)")
     args = ap.parse_args()
 
     import torch
@@ -45,9 +46,10 @@ def main() -> None:
 
     settings = Settings.from_env()
     store = artifact_store_from_uri(settings.artifacts_uri, settings.s3_endpoint_url)
-    bundle = Registry(GovernanceStore(settings.governance_db)).champion()
+    registry = Registry(GovernanceStore(settings.governance_db))
+    bundle = registry.get(args.version) if args.version else registry.champion()
     if bundle is None:
-        raise SystemExit("no champion in the registry: run `make demo` first")
+        raise SystemExit("no champion in the registry: run `make demo` first, or pass --version")
     students = {t: replace(s, config=replace(s.config, num_threads=1))
                 for t, s in load_bundle_students(store, bundle).items()}
     data = DistillationData.from_bytes(store.get(distillation_dataset_key(bundle.model_month)))

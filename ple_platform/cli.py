@@ -104,6 +104,25 @@ def _model_run_config() -> dict:
     return {"ops": ops, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
+def materialize_assets(keys: list[str], month: date, echo=print) -> bool:
+    import dagster as dg
+
+    from ple_platform.definitions import defs
+
+    t0 = time.perf_counter()
+    result = dg.materialize(list(defs.assets or []), selection=keys, partition_key=month.isoformat(),
+                            instance=dg.DagsterInstance.get(), resources=defs.resources, raise_on_error=False,
+                            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                            tags={"ple/launched_by": "cli"})
+    for key in keys:
+        for mat in result.asset_materializations_for_node(key):
+            md = {k: v.value for k, v in mat.metadata.items() if isinstance(v.value, (int, float, str))}
+            shown = {k: md[k] for k in list(md)[:6]}
+            echo(f"    {key}: {shown}")
+    echo(f"    {'ok' if result.success else 'FAILED'} in {time.perf_counter() - t0:.0f}s, run {result.run_id[:8]}")
+    return result.success
+
+
 def run_model_chain(months: list[date], echo=print) -> bool:
     """Teacher -> evaluation -> students -> bundle -> challenger evaluation for each month, then the same
     champion_challenger_sensor evaluation the daemon runs, with its promotion runs executed here."""
@@ -163,6 +182,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         months = _months(None, settings)[-DEMO_MODEL_MONTHS:]
         print(f"3/3 models for {', '.join(f'{m:%Y-%m}' for m in months)}: teacher, students, promotion")
         ok = run_model_chain(months)
+        if ok:
+            print(f"  recommendations and compliance report for {months[-1]:%Y-%m}")
+            ok = materialize_assets(["recommendations", "compliance_report"], months[-1])
         from ple_platform.core.governance.audit_log import verify_text
 
         registry, audit = _governance()
@@ -221,6 +243,20 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    import duckdb
+
+    from ple_platform.core.governance.lineage import render_text, walk
+    from ple_platform.core.storage import artifact_store_from_uri
+
+    settings = Settings.from_env()
+    registry, audit = _governance()
+    store = artifact_store_from_uri(settings.artifacts_uri, settings.s3_endpoint_url)
+    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+        print(render_text(walk(registry, audit, con, store, args.ident)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ple-platform", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -256,6 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="audit log tools")
     au.add_argument("action", choices=["verify"])
     au.set_defaults(func=cmd_audit)
+
+    li = sub.add_parser("lineage", help="trace a recommendation or a model version back to its data and runs")
+    li.add_argument("ident", help="recommendation id or model version")
+    li.set_defaults(func=cmd_lineage)
     return p
 
 

@@ -110,3 +110,55 @@ def pipeline_env(tmp_path, pipeline_data, landing_dir, monkeypatch) -> Settings:
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return Settings.from_env(env)
+
+
+@pytest.fixture(scope="session")
+def served_platform(tmp_path_factory, pipeline_data, landing_dir):
+    """A platform with a champion and month 2015-06 served: tiny teacher and FAST students for 2015-05, bootstrap
+    promotion through the sensor, then recommendations and a compliance report for 2015-06 — all materialized
+    into a persistent Dagster home, so `dagster dev` on the same home and data (browser test) shows them.
+    The environment is set only while building; tests that materialize set it again from ``env``."""
+    import json
+    import shutil
+
+    import dagster as dg
+
+    from ple_platform.defs.distillation.assets import distillation_dataset, model_bundle, student_assets
+    from ple_platform.defs.governance.promotion import ChallengerEvaluationConfig, challenger_evaluation
+    from ple_platform.defs.governance.reports import ComplianceReportConfig, compliance_report, recommendations
+    from ple_platform.defs.training.assets import TeacherRunConfig, ple_teacher
+    from ple_platform_tests.pipeline_helpers import FAST, POLICY, run_promotions, student_config, tick
+
+    base = tmp_path_factory.mktemp("served")
+    root, home = base / "platform", base / "dagster_home"
+    shutil.copytree(pipeline_data, root)
+    home.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster.yaml", home / "dagster.yaml")
+    env = {**pipeline_env_vars(root, landing_dir), "PLE_PROMOTION_POLICY": json.dumps(POLICY)}
+    m5, m6 = "2015-05-01", "2015-06-01"
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for k, v in env.items():
+                mp.setenv(k, v)
+            mp.delenv("PLE_PSEUDONYMISATION_KEY", raising=False)
+            settings = Settings.from_env()
+            res = build_resources(settings)
+            assert dg.materialize([ple_teacher, distillation_dataset], partition_key=m5, resources=res,
+                                  instance=instance,
+                                  run_config=dg.RunConfig({"ple_teacher": TeacherRunConfig(**TINY_TEACHER)})).success
+            assert dg.materialize(
+                [*student_assets, model_bundle, challenger_evaluation], partition_key=m5, resources=res,
+                instance=instance, run_config=dg.RunConfig({**student_config(**FAST), "challenger_evaluation":
+                                                            ChallengerEvaluationConfig(n_boot=20, min_group_size=1000)})
+            ).success
+            run_promotions(tick(res, instance), res, instance)
+            assert res["governance"].registry().champion() is not None
+            result = dg.materialize([recommendations, compliance_report], partition_key=m6, resources=res,
+                                    instance=instance, run_config=dg.RunConfig(
+                                        {"compliance_report": ComplianceReportConfig(n_boot=10, min_group_size=30)}))
+            assert result.success
+        yield {"root": root, "home": home, "env": env, "settings": settings, "res": res, "instance": instance,
+               "result": result}
+    finally:
+        instance.dispose()

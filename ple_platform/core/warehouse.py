@@ -12,6 +12,7 @@ import hashlib
 from datetime import date
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from ple_platform.core.data.schema import TABLE_SCHEMAS
@@ -88,3 +89,21 @@ def stored_months(con: duckdb.DuckDBPyConnection, qualified_table: str) -> list[
         return [r[0] for r in con.execute(f"SELECT DISTINCT month FROM {qualified_table} ORDER BY 1").fetchall()]
     except duckdb.CatalogException:
         return []
+
+
+CUSTOMER_ATTRIBUTES = ("age", "gender", "province", "suitability_profile")
+
+
+def customer_attributes(con: duckdb.DuckDBPyConnection, month: date, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """age (float, NaN unknown), gender, province and suitability profile (object, None unknown) of ``ids`` at
+    ``month``, in ``ids`` order — the protected attributes fairness reads and the profile suitability reads."""
+    con.register("_attr_ids", pa.table({"customer_id": pa.array(np.asarray(ids).tolist(), pa.string()),
+                                        "i": pa.array(np.arange(len(ids)))}))
+    try:
+        rows = con.execute("SELECT r.i, c.age, c.gender, c.province, c.suitability_profile FROM _attr_ids r "
+                           "LEFT JOIN raw.customers c ON c.customer_id = r.customer_id AND c.month = ? ORDER BY r.i",
+                           [month]).fetchnumpy()
+    finally:
+        con.unregister("_attr_ids")
+    return {"age": np.asarray(rows["age"], dtype=float),
+            **{c: np.asarray(rows[c], dtype=object) for c in CUSTOMER_ATTRIBUTES[1:]}}

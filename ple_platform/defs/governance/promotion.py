@@ -18,9 +18,6 @@ import os
 from datetime import date
 
 import dagster as dg
-import duckdb
-import numpy as np
-import pyarrow as pa
 
 from ple_platform.core.distillation.bundle import distillation_dataset_key, load_bundle_students, predict_bundle
 from ple_platform.core.distillation.dataset import DistillationData
@@ -37,6 +34,7 @@ from ple_platform.core.governance.promotion_flow import (
 )
 from ple_platform.core.settings import Settings
 from ple_platform.core.tasks.spec import TASKS
+from ple_platform.core.warehouse import customer_attributes
 from ple_platform.defs.distillation.assets import FIDELITY_CHECK, _jsonable
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
@@ -51,20 +49,6 @@ def bundle_version_for(store, month: date) -> str:
 
 def evaluation_key(month: date) -> str:
     return f"governance/{month.isoformat()}/challenger_evaluation.json"
-
-
-def _customers(con: duckdb.DuckDBPyConnection, month: date, ids: np.ndarray) -> dict[str, np.ndarray]:
-    """age, gender, province of ``ids`` at ``month`` in ``ids`` order (None where the customer is absent)."""
-    con.register("_eval_ids", pa.table({"customer_id": pa.array(ids.tolist(), pa.string()),
-                                        "i": pa.array(np.arange(len(ids)))}))
-    try:
-        rows = con.execute("SELECT r.i, c.age, c.gender, c.province FROM _eval_ids r LEFT JOIN raw.customers c "
-                           "ON c.customer_id = r.customer_id AND c.month = ? ORDER BY r.i", [month]).fetchnumpy()
-    finally:
-        con.unregister("_eval_ids")
-    age = np.asarray(rows["age"], dtype=float)
-    return {"age": age, "gender": np.asarray(rows["gender"], dtype=object),
-            "province": np.asarray(rows["province"], dtype=object)}
 
 
 class ChallengerEvaluationConfig(dg.Config):
@@ -114,7 +98,7 @@ def challenger_evaluation(context: dg.AssetExecutionContext, config: ChallengerE
     challenger_preds = predict_bundle(load_bundle_students(store, bundle), part.X, names)
     champion_preds = None if champion is None else predict_bundle(load_bundle_students(store, champion), part.X, names)
     with warehouse.get_connection() as con:
-        groups = protected_groups(_customers(con, bundle.test_month, part.customer_ids))
+        groups = protected_groups(customer_attributes(con, bundle.test_month, part.customer_ids))
     evaluation = evaluate_challenger(part.labels, challenger_preds, champion_preds, groups, n_boot=config.n_boot,
                                      min_group_size=config.min_group_size)
     checks = {f"student_{t}/{FIDELITY_CHECK}": bool(s.metrics.get("fidelity_passed")) for t, s in bundle.students.items()}
@@ -167,7 +151,6 @@ def champion_model(context: dg.AssetExecutionContext, config: PromotionRunConfig
 promote_challenger_job = dg.define_asset_job("promote_challenger", selection=[champion_model],
                                              description="Execute a recorded promotion decision")
 reevaluate_challenger_job = dg.define_asset_job("reevaluate_challenger", selection=[challenger_evaluation],
-                                                partitions_def=MONTHLY,
                                                 description="Re-evaluate a challenger against a new champion")
 
 
