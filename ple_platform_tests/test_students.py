@@ -447,3 +447,22 @@ def test_bad_shapes_and_inputs_raise_clear_errors(binary):
     # Training-only parameters may differ between fits sharing the bins (e.g. a cheaper many-class recipe).
     faster = replace(CFG, params={**CFG.params, "learning_rate": 0.3}, num_boost_round=5)
     assert train_direct("churn_signal", X, y, Xv, yv, NAMES, faster, bins=bins).best_iteration <= 5
+
+
+def test_an_unfaithful_distilled_student_is_routed_direct_on_validation(binary):
+    """Keeping the teacher's edge is not enough: a distilled student must also rank like its teacher on the
+    validation month, otherwise the task goes DIRECT with the failed fidelity numbers in the reason."""
+    from ple_platform.core.distillation.fidelity import FidelityThresholds
+
+    X, y, t, Xv, yv, tv = binary
+    lenient = fit_task_students("churn_signal", X, y, t, Xv, yv, tv, NAMES, CFG, n_boot=20, keep_share=0.0,
+                                validation_fidelity=FidelityThresholds(min_spearman=-1.0, min_topk_agreement=0.0,
+                                                                       max_auc_gap=1.0, max_ece=1.0,
+                                                                       min_teacher_std=0.0, min_teacher_auc=0.0))
+    strict = fit_task_students("churn_signal", X, y, t, Xv, yv, tv, NAMES, CFG, n_boot=20, keep_share=0.0,
+                               validation_fidelity=FidelityThresholds(min_spearman=0.99999, min_topk_agreement=0.0,
+                                                                      max_auc_gap=1.0, max_ece=1.0,
+                                                                      min_teacher_std=0.0, min_teacher_auc=0.0))
+    assert lenient.decision.route == "DISTILL", lenient.decision.reason  # the fixture's teacher has an edge
+    assert strict.decision.route == "DIRECT" and strict.student.route == "DIRECT"
+    assert "not faithful" in strict.decision.reason and "Spearman" in strict.decision.reason

@@ -711,12 +711,15 @@ class TaskStudents(NamedTuple):
 def fit_task_students(task: str, X_train, y_train, teacher_train, X_val, y_val, teacher_val,
                       feature_names: Sequence[str], config: StudentConfig | None = None, *,
                       keep_share: float = 0.5, n_boot: int = 200, bins: FeatureBins | None = None,
-                      force_route: Route | None = None) -> TaskStudents:
+                      force_route: Route | None = None, validation_fidelity=None) -> TaskStudents:
     """Train both forms of one task, evaluate them and the teacher on the validation month (``evaluate_predictions``
     with ``n_boot`` bootstrap replicates, paired by seed) and route on the primary metric.
 
     ``force_route`` (ablations, fidelity drills) overrides the evidence; the decision keeps the evidence's numbers
-    and says that the route was forced."""
+    and says that the route was forced. ``validation_fidelity`` (``FidelityThresholds``): a DISTILL verdict also
+    needs the distilled student to be faithful to the teacher on the validation month — a student that keeps the
+    edge without ranking like its teacher is not a distillation, so the task goes DIRECT (the test-month check
+    then confirms fidelity out of time)."""
     config = config or StudentConfig()
     X_train, X_val = _matrix(X_train, "X_train"), _matrix(X_val, "X_val")
     if bins is None:
@@ -733,6 +736,14 @@ def fit_task_students(task: str, X_train, y_train, teacher_train, X_val, y_val, 
     metric = TASKS_BY_NAME[task].primary_metric
     decision = route(task, validation["teacher"][metric]["value"], validation["direct"][metric]["value"],
                      validation["distill"][metric]["value"], keep_share=keep_share, metric=metric)
+    if validation_fidelity is not None and decision.route == "DISTILL" and force_route is None:
+        from ple_platform.core.distillation.fidelity import fidelity
+
+        fid = fidelity(task, y_val, teacher, distilled.predict(X_val, feature_names), validation_fidelity)
+        if not fid.passed:
+            decision = replace(decision, route="DIRECT", reason=(
+                f"{task}: DIRECT — the distilled student keeps the edge but is not faithful to the teacher on the "
+                f"validation month ({'; '.join(fid.failures)}); the evidence said {decision.reason}"))
     if force_route is not None and force_route != decision.route:
         if force_route not in ("DISTILL", "DIRECT"):
             raise StudentInputError(f"{task}: force_route must be DISTILL or DIRECT, got {force_route!r}")

@@ -139,16 +139,17 @@ def build_student_asset(spec: TaskSpec) -> dg.AssetsDefinition:
             early_stopping_rounds=config.early_stopping_rounds, selection_rounds=config.selection_rounds,
             params=MANY_CLASS_OVERRIDES if spec.name == "next_mcc" else {},
         )
-        fitted = fit_task_students(spec.name, tr.X, tr.labels[spec.name], tr.teacher[spec.name], va.X,
-                                   va.labels[spec.name], va.teacher[spec.name], data.feature_names, student_cfg,
-                                   keep_share=config.keep_share, n_boot=config.n_boot,
-                                   force_route=None if config.route == "auto" else config.route.upper())
-        student = fitted.student
-        pred = student.predict(te.X, data.feature_names)
         thresholds = FidelityThresholds(max_auc_gap=config.max_auc_gap, min_spearman=config.min_spearman,
                                         min_topk_agreement=config.min_topk_agreement, max_ece=config.max_ece,
                                         min_teacher_std=config.min_teacher_std,
                                         min_teacher_auc=config.min_teacher_auc)
+        fitted = fit_task_students(spec.name, tr.X, tr.labels[spec.name], tr.teacher[spec.name], va.X,
+                                   va.labels[spec.name], va.teacher[spec.name], data.feature_names, student_cfg,
+                                   keep_share=config.keep_share, n_boot=config.n_boot,
+                                   force_route=None if config.route == "auto" else config.route.upper(),
+                                   validation_fidelity=thresholds)
+        student = fitted.student
+        pred = student.predict(te.X, data.feature_names)
         fid = fidelity(spec.name, te.labels[spec.name], te.teacher[spec.name], pred, thresholds).to_dict()
         applicable = student.route == Route.DISTILL
         passed = bool(fid["passed"]) if applicable else True
