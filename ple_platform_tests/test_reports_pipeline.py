@@ -193,6 +193,8 @@ def test_lineage_reaches_raw_partitions_and_run_ids(served):
     assert expected <= months
     assert all(re.fullmatch("[0-9a-f]{64}", p["content_hash"]) for p in chain["raw_partitions"]
                if p["table"] != "raw.transactions" or p["rows"])
+    # Raw ingest recorded each partition's hash in the audit log; today's partitions still match it.
+    assert all(p["matches_ingest"] is True for p in chain["raw_partitions"]), chain["raw_partitions"][:3]
     run_ids = {r["run_id"] for r in chain["run_ids"]}
     assert bundle.run_id in run_ids
     assert served["result"].run_id in run_ids  # the recommendation batch's run

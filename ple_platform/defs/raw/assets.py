@@ -24,7 +24,8 @@ from ple_platform.core.warehouse import (
     replace_partition,
 )
 from ple_platform.defs.partitions import MONTHLY
-from ple_platform.defs.resources import LandingZoneResource, WarehouseResource
+from ple_platform.core.governance.audit_log import AuditEvent
+from ple_platform.defs.resources import GovernanceResource, LandingZoneResource, WarehouseResource
 
 WAREHOUSE_POOL = "duckdb_warehouse"
 
@@ -76,7 +77,8 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
         description=_DESCRIPTIONS[table],
         metadata={"dagster/table_name": f"raw.{table}", "dagster/column_schema": _column_schema(table)},
     )
-    def _raw(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource):
+    def _raw(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
+             governance: GovernanceResource):
         month = date.fromisoformat(context.partition_key)
         with warehouse.get_connection() as con:
             try:
@@ -106,6 +108,10 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
             rates = null_rates(con, qualified, month)
             results = raw_checks.run_rules(con, table, month)
         context.log.info(f"raw.{table} {month}: {n_rows} rows from {validated.source}")
+        # The ingest hash in the audit log is what lineage compares today's partition against.
+        governance.audit_log().append(AuditEvent.INGEST, f"raw.{table}/{month.isoformat()}", {
+            "table": f"raw.{table}", "month": month.isoformat(), "content_hash": content_hash, "rows": n_rows,
+            "source": str(validated.source), "run_id": context.run_id})
         return dg.MaterializeResult(
             metadata={
                 "available": True,
