@@ -115,7 +115,7 @@ def test_dagster_dev_daemon_sensor_promotes_the_bootstrap_champion_and_decides_t
     root = tmp_path / "platform"
     shutil.copytree(pipeline_data, root)
     env = {**pipeline_env_vars(root, landing_dir), "PLE_SENSOR_INTERVAL_SECONDS": "5",
-           "PLE_PROMOTION_POLICY": json.dumps(POLICY), "PLE_AUDIT_KEY": "e2e-test-audit-key"}
+           "PLE_PROMOTION_POLICY": json.dumps(POLICY)}  # audit key: the one the copied ingest entries used
     for k, v in env.items():  # the test process reads the same registry / audit log as the server writes
         monkeypatch.setenv(k, v)
     resources = build_resources(Settings.from_env())
