@@ -15,7 +15,13 @@ from typing import Any
 
 from ple_platform.core.governance.audit_log import AuditEvent, AuditLog
 from ple_platform.core.governance.promotion import Approval, PromotionPolicy, comparisons_from_evaluation, decide
-from ple_platform.core.governance.registry import PromotionKind, Registry, RegistryError
+from ple_platform.core.governance.registry import (
+    ModelBundle,
+    PromotionKind,
+    Registry,
+    RegistryError,
+    evidence_sha256,
+)
 
 
 class PromotionFlowError(ValueError):
@@ -51,6 +57,8 @@ def judge_challenger(registry: Registry, audit: AuditLog, policy: PromotionPolic
         raise PromotionFlowError(f"{version} is already the champion")
     champion_version = champion.version if champion is not None else None
     if champion_version is not None and evaluation.get("champion_version") != champion_version:
+        if bundle.test_month <= champion.validation_month:
+            return _reject_superseded(registry, audit, bundle, champion)
         raise PromotionFlowError(f"the evaluation of {version} compared it with {evaluation.get('champion_version')}, "
                                  f"but the champion is now {champion_version}; re-run challenger_evaluation")
     tasks = comparisons_from_evaluation(evaluation["challenger"], evaluation.get("champion"),
@@ -73,6 +81,23 @@ def judge_challenger(registry: Registry, audit: AuditLog, policy: PromotionPolic
                                   "bundle_sha256": bundle.bundle_sha256})
     return RecordedDecision(decision_id, version, champion_version, decision.outcome, list(decision.reasons),
                             decision.evidence_sha256, new=True)
+
+
+def _reject_superseded(registry: Registry, audit: AuditLog, bundle: ModelBundle, champion: ModelBundle) -> RecordedDecision:
+    """The champion changed to one that already saw the challenger's test month: no out-of-time comparison with it
+    is possible any more, so the challenger is rejected as superseded (instead of a re-evaluation that must fail)."""
+    reasons = [f"superseded: the champion is now {champion.version}, whose validation month "
+               f"{champion.validation_month:%Y-%m} is not before {bundle.version}'s test month "
+               f"{bundle.test_month:%Y-%m}, so the two can no longer be compared out of time"]
+    evidence = {"superseded_by": champion.version, "champion_bundle_sha256": champion.bundle_sha256,
+                "champion_validation_month": champion.validation_month.isoformat(),
+                "challenger_test_month": bundle.test_month.isoformat()}
+    decision_id = registry.record_decision(bundle.version, "reject", reasons, evidence)
+    ev_sha = evidence_sha256(evidence)
+    audit.append(AuditEvent.REJECTION, bundle.version, {
+        "decision_id": decision_id, "outcome": "reject", "champion": champion.version, "reasons": reasons,
+        "evidence_sha256": ev_sha, "bundle_sha256": bundle.bundle_sha256})
+    return RecordedDecision(decision_id, bundle.version, champion.version, "reject", reasons, ev_sha, new=True)
 
 
 def execute_promotion(registry: Registry, audit: AuditLog, version: str, decision_id: int,
