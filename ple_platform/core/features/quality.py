@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from ple_platform.core.features.spec import FeatureGroupSpec
+from ple_platform.core.governance.drift import PSI_ALERT, psi
 
 MAX_NULL_RATE = 0.0  # features are never NULL: missing source values become explicit flags upstream
 MAX_CONSTANT_SHARE = 0.10  # share of columns allowed to be constant beyond documented "no data" values
 NO_DATA_VALUES = (0.0, -1.0)  # zero activity / lag-tensor padding
-PSI_WARN = 0.25
 LEAKAGE_MAX_ABS_CORR = 0.95
 
 
@@ -25,16 +25,6 @@ class QualityResult:
     description: str
     metadata: dict
     blocking: bool = True
-
-
-def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
-    """Population stability index with quantile bins taken from the reference sample."""
-    reference, current = np.asarray(reference, float), np.asarray(current, float)
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
-    ref = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1) / max(len(reference), 1)
-    cur = np.bincount(np.searchsorted(edges, current, side="right"), minlength=len(edges) + 1) / max(len(current), 1)
-    ref, cur = np.clip(ref, 1e-6, None), np.clip(cur, 1e-6, None)
-    return float(((cur - ref) * np.log(cur / ref)).sum())
 
 
 def max_abs_corr(x: np.ndarray, y: np.ndarray) -> tuple[float, int]:
@@ -98,9 +88,9 @@ def evaluate(
     if previous is not None and len(previous) and len(values):
         psis = np.array([psi(previous[:, j], values[:, j]) for j in range(values.shape[1])])
         worst = int(np.argmax(psis))
-        out.append(QualityResult("psi_drift_vs_previous_month", bool(psis.max() <= PSI_WARN),
-                                 f"PSI of every column vs the previous month <= {PSI_WARN}",
-                                 {"max_psi": float(psis.max()), "worst_column": spec.columns[worst], "columns_over": int((psis > PSI_WARN).sum())},
+        out.append(QualityResult("psi_drift_vs_previous_month", bool(psis.max() < PSI_ALERT),
+                                 f"PSI of every column vs the previous month < {PSI_ALERT} (the platform's alert level)",
+                                 {"max_psi": float(psis.max()), "worst_column": spec.columns[worst], "columns_over": int((psis >= PSI_ALERT).sum())},
                                  blocking=False))
     else:
         out.append(QualityResult("psi_drift_vs_previous_month", True, "First stored month: no previous month to compare", {"evaluated": False}, blocking=False))

@@ -72,14 +72,13 @@ from typing import Any
 import numpy as np
 
 from ple_platform.core.features.spec import CATEGORICAL_COLUMNS, EXPERTS, FEATURE_GROUPS
+from ple_platform.core.governance.drift import PSI_ALERT, PSI_WARN  # the one threshold set, for rows without a status
+from ple_platform.core.governance.fairness import AIR_FLOOR  # four-fifths rule
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
 
 SCHEMA_VERSION = 1
 LIVE, FAIL, MISSING, PARTIAL = "live", "fail", "missing evidence", "partial"
 REQUIRED_FAIRNESS_ATTRIBUTES = ("age_band", "gender", "province")
-AIR_FLOOR = 0.8  # four-fifths rule, as fairness.py
-# Mirrors drift.PSI_WARN / PSI_ALERT (one threshold set); used only for rows that carry no status of their own.
-PSI_WARN, PSI_ALERT = 0.1, 0.25
 # Numeric drift-row columns shown in the heatmap (those present in at least one row), with their labels.
 DRIFT_METRICS = {"mean_psi": "mean PSI", "max_psi": "max PSI", "share_psi_over_0_2": "share PSI>0.2",
                  "share_psi_warn": "share PSI≥warn", "share_psi_alert": "share PSI≥alert", "max_ks": "max KS"}
