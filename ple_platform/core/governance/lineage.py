@@ -15,9 +15,9 @@
          its students and the recommendation batch.
 
 Nothing is inferred: a fact that cannot be found is ``None`` and ``render_text`` says "not recorded". An unknown
-identifier raises ``LineageError`` (a ``ValueError``) naming it. The teacher checkpoint key follows the scheme
-of ``defs/training`` (``teacher/<model month>/<sha16>.pt``), content-addressed so a registered bundle's
-checkpoint never changes.
+identifier raises ``LineageError`` (a ``ValueError``) naming it. Teacher checkpoints are content-addressed
+(``teacher_checkpoint_key``: ``teacher/<model month>/<sha16>.pt``), so a registered bundle's checkpoint never
+changes.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from ple_platform.core.data.schema import RAW_TABLES
 from ple_platform.core.distillation.bundle import student_model_key
 from ple_platform.core.governance.audit_log import AuditEvent, AuditLog
 from ple_platform.core.governance.registry import ModelBundle, Registry, UnknownVersionError
+from ple_platform.core.model.teacher import teacher_checkpoint_key
 from ple_platform.core.storage import ArtifactStore, sha256_bytes
 from ple_platform.core.warehouse import partition_content_hash
 
@@ -40,11 +41,6 @@ RECOMMENDATIONS_TABLE = "governance.recommendations"
 
 class LineageError(ValueError):
     """The identifier is neither a recommendation id nor a registered model version."""
-
-
-def teacher_key(model_month: date, sha256: str) -> str:
-    """Content-addressed checkpoint key (the scheme of ``defs.training.assets.teacher_checkpoint_key``)."""
-    return f"teacher/{model_month.isoformat()}/{sha256[:16]}.pt"
 
 
 def _recommendation(con: duckdb.DuckDBPyConnection, rec_id: str) -> dict[str, Any] | None:
@@ -147,7 +143,7 @@ def walk(registry: Registry, audit: AuditLog, con: duckdb.DuckDBPyConnection, st
         stored = _stored_sha(store, student_model_key(bundle.model_month, task, art.sha256))
         students.append({"task": task, "route": getattr(art.route, "value", art.route), "sha256": art.sha256,
                          "uri": art.uri, "stored_sha256_matches": None if stored is None else stored == art.sha256})
-    t_stored = _stored_sha(store, teacher_key(bundle.model_month, bundle.teacher_sha256))
+    t_stored = _stored_sha(store, teacher_checkpoint_key(bundle.model_month, bundle.teacher_sha256))
     months = {"train": [m.isoformat() for m in bundle.train_months],
               "validation": [bundle.validation_month.isoformat()], "test": [bundle.test_month.isoformat()],
               "model": [bundle.model_month.isoformat()]}

@@ -81,7 +81,7 @@ def next_holdings(con: duckdb.DuckDBPyConnection, md: MonthData) -> np.ndarray:
     return out
 
 
-def _acquired(held_t: np.ndarray, held_t1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def acquisitions(held_t: np.ndarray, held_t1: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows known at t+1, with held-at-t and acquired-by-t+1 masks."""
     known = np.isfinite(held_t1).all(1) & np.isfinite(held_t).all(1)
     h0 = np.nan_to_num(held_t) > 0.5
@@ -141,9 +141,9 @@ def assess_teacher(con: duckdb.DuckDBPyConnection, checkpoint: bytes, workdir: P
              for name, p in preds.items() if name != "teacher"}
 
     # Product ranking: priors from the training rows, MAP@7 on test customers who acquired something.
-    known_tr, held_tr, acq_tr = _acquired(raw["train"].holdings, next_holdings(con, raw["train"]))
+    known_tr, held_tr, acq_tr = acquisitions(raw["train"].holdings, next_holdings(con, raw["train"]))
     priors = fit_product_priors(held_tr[known_tr], (held_tr | acq_tr)[known_tr])
-    known, held, acquired = _acquired(test.holdings, next_holdings(con, test))
+    known, held, acquired = acquisitions(test.holdings, next_holdings(con, test))
     map7 = {}
     for name, p in preds.items():
         scores = product_scores({t: np.asarray(v)[known] for t, v in p.items()}, priors)

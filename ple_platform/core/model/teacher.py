@@ -38,6 +38,13 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
+
+def teacher_checkpoint_key(month: date, sha256: str | None = None) -> str:
+    """Artifact-store key of model month ``month``'s latest checkpoint, or (with ``sha256``) of its immutable
+    content-addressed copy that registered bundles reference."""
+    return f"teacher/{month.isoformat()}/" + (f"{sha256[:16]}.pt" if sha256 else "checkpoint.pt")
+
+
 @dataclass(frozen=True)
 class TeacherSettings:
     """Run-level knobs (demo vs benchmark vs production)."""

@@ -14,7 +14,7 @@ import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
 from ple_platform.core.model.assessment import AssessmentSettings, assess_teacher, gates_markdown, results_markdown
-from ple_platform.core.model.teacher import TeacherSettings, code_version, fit_teacher
+from ple_platform.core.model.teacher import TeacherSettings, code_version, fit_teacher, teacher_checkpoint_key
 from ple_platform.core.settings import Settings
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.split import SplitError
@@ -24,12 +24,6 @@ from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource
 
 HISTORY = dg.TimeWindowPartitionMapping(start_offset=-16, end_offset=0, allow_nonexistent_upstream_partitions=True)
-
-
-def teacher_checkpoint_key(month: date, sha256: str | None = None) -> str:
-    """The month's latest checkpoint, or (with ``sha256``) its immutable content-addressed copy that registered
-    bundles reference."""
-    return f"teacher/{month.isoformat()}/" + (f"{sha256[:16]}.pt" if sha256 else "checkpoint.pt")
 
 
 class TeacherRunConfig(dg.Config):
