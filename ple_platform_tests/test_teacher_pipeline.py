@@ -2,11 +2,14 @@
 
 import io
 import json
+from datetime import date
 
 import dagster as dg
+import duckdb
 import torch
 
 from ple_platform.core.model.assessment import MODELS
+from ple_platform.core.model.data import month_customer_ids
 from ple_platform.core.storage import artifact_store_from_uri
 from ple_platform.core.tasks.spec import TASKS
 from ple_platform.defs.resources import build_resources
@@ -52,6 +55,10 @@ def test_teacher_then_out_of_time_evaluation(pipeline_env):
         assert 0.0 <= evaluation["gate_entropy"][task] <= 1.0
         assert 0.0 <= evaluation["gate_faithfulness"][task]["share"] <= 1.0
     assert evaluation["split"]["test"] == "2015-05-01" and "2015-05-01" not in evaluation["split"]["train"]
+    # The teacher trains on a subsample per month, but the evaluation scores every customer of the test month.
+    with duckdb.connect(str(pipeline_env.warehouse_path), read_only=True) as con:
+        test_customers = len(month_customer_ids(con, date(2015, 5, 1)))
+    assert evaluation["n_test_customers"] == test_customers > TINY_TEACHER["max_customers_per_month"]
     assert md["quality_goal_met"].value == evaluation["goal"]["met"]
 
 

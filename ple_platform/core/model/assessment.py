@@ -1,7 +1,8 @@
 """Out-of-time assessment of a teacher checkpoint against two baselines on the same split (issue: teacher
 evaluation; ml-anchors §7 protocol).
 
-Models, all scored on the test month t-1 of the checkpoint's split, on the same customers:
+Models, all scored on the test month t-1 of the checkpoint's split, on the same customers (by default every
+customer of that month, not only the teacher's training subsample):
 
 * ``teacher``      the checkpoint (7 heterogeneous experts);
 * ``lightgbm``     one early-stopped LightGBM per task on the same 1,211 raw feature columns, trained on the
@@ -57,6 +58,7 @@ class AssessmentSettings:
     lgb_early_stopping: int = 30
     lgb_threads: int = 2
     faithfulness_rows: int = 1024  # 1 + 7 forward passes over this many test customers
+    score_all_test_customers: bool = True  # False: only the teacher's training subsample of the test month
     train_vanilla: bool = True
 
 
@@ -119,7 +121,7 @@ def _vanilla(con, split: TimeSplit, teacher_settings: TeacherSettings, scaled_te
 def assess_teacher(con: duckdb.DuckDBPyConnection, checkpoint: bytes, workdir: Path,
                    settings: AssessmentSettings = AssessmentSettings()) -> dict:
     """Evaluate a teacher checkpoint and its two baselines out of time; a JSON-ready dict (see module doc)."""
-    data = load_checkpoint_data(con, checkpoint)
+    data = load_checkpoint_data(con, checkpoint, all_customers=("test",) if settings.score_all_test_customers else ())
     model, split, teacher_settings, raw = data.model, data.split, data.settings, data.raw
     test = raw["test"]
     labels = _labels(test)

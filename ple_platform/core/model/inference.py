@@ -82,12 +82,16 @@ class CheckpointData:
 
 
 def load_checkpoint_data(con: duckdb.DuckDBPyConnection, checkpoint: bytes,
-                         parts: Sequence[str] = ("train", "validation", "test")) -> CheckpointData:
+                         parts: Sequence[str] = ("train", "validation", "test"),
+                         all_customers: Sequence[str] = ()) -> CheckpointData:
+    """Rebuild the teacher and load ``parts`` of its split. Parts named in ``all_customers`` load every customer
+    of the month instead of the teacher's training subsample (an evaluation should score the whole month)."""
     model, payload = load_teacher(checkpoint)
     settings = TeacherSettings(**json.loads(payload["settings"]))
     split = TimeSplit.from_dict(json.loads(payload["split"]))
     scaler = FeatureScaler.from_arrays({k: v.numpy() for k, v in payload["scaler"].items()})
     months = {"train": list(split.train), "validation": [split.validation], "test": [split.test]}
-    kw = dict(labels="require", max_customers=settings.max_customers_per_month, sample_seed=settings.seed)
-    raw = {p: load_months(con, months[p], **kw) for p in parts}
+    kw = dict(labels="require", sample_seed=settings.seed)
+    raw = {p: load_months(con, months[p], max_customers=None if p in all_customers
+                          else settings.max_customers_per_month, **kw) for p in parts}
     return CheckpointData(model, split, settings, scaler, raw, payload["code_version"])
