@@ -233,6 +233,27 @@ def test_psi_hand_computed_on_discrete_data():
     assert dr.psi(ref, moved) == pytest.approx(off_atom, rel=1e-9)
 
 
+def test_atoms_that_move_by_rounding_are_the_same_atoms_but_a_real_move_is_seen():
+    # A graph embedding coordinate: one value per holdings pattern (atoms) plus a continuous part; next month every
+    # atom moves by ~3 parts in 10,000 (degree normalisation of a slightly larger population).
+    r = np.random.default_rng(3)
+    atoms = np.array([-0.0828, -0.0786, -0.0925])
+    ref = np.r_[np.repeat(atoms, [2700, 1700, 400]), r.normal(-0.08, 0.02, 5200)]
+    cur = np.r_[np.repeat(atoms * 1.003, [2700, 1700, 400]), r.normal(-0.08, 0.02, 5200)]
+    assert dr.psi(ref, cur) < dr.PSI_WARN
+    # a reference pooled over months holds each atom at slightly different values: still one atom per pattern
+    counts = [900, 567, 133]
+    pooled = np.r_[np.concatenate([np.repeat(atoms * (1 + k / 1000), counts) for k in range(3)]),
+                   r.normal(-0.08, 0.02, 5200)]
+    assert dr.psi(pooled, cur * 1.001) < dr.PSI_WARN
+    moved = np.r_[np.repeat(atoms * 1.05, [2700, 1700, 400]), r.normal(-0.08, 0.02, 5200)]
+    assert dr.psi(ref, moved) >= dr.PSI_ALERT
+    # continuous data keeps its ten decile bins: heavy tails and large offsets do not widen the atom window
+    for sample in (r.lognormal(0.0, 2.0, 20_000), r.normal(1000.0, 1.0, 20_000)):
+        det = dr.psi_detail(sample, sample + 0.5 * sample.std())
+        assert det.n_bins == 10 and not det.atoms and det.psi >= dr.PSI_WARN
+
+
 def test_constant_reference_does_not_crash_and_sees_a_move():
     ref = np.full(100, 3.0)
     assert dr.psi(ref, np.full(40, 3.0)) == 0.0

@@ -6,8 +6,12 @@ taken as observed values, no interpolation), outer bins open-ended so current va
 still land in a bin. Bins are left-closed ``[e_i, e_{i+1})``. Repeated quantiles are collapsed; an edge that is
 a point mass of the reference (a repeated quantile, or >= 1/n_bins of the reference exactly at it: discrete or
 constant data) also gets a bin of its own, so a move from the atom to nearby values is seen (a constant reference
-at 0 has bins ``< 0``, ``{0}``, ``> 0``). Proportions are floored at ``EPS = 1e-4`` (an empty bin would make PSI
-infinite). NaNs are excluded from both samples and their shares reported separately (``psi_detail``).
+at 0 has bins ``< 0``, ``{0}``, ``> 0``). An atom's bin holds the values within ``ATOM_TOL`` (1%) of
+``min(|atom|, reference 5-95% range)`` of it, and quantiles that close to each other are one atom (so an atom at 0
+and any atom of a constant reference are exact; heavy tails and large offsets do not widen the window). Why: model-derived features such as graph embeddings take one value per holdings pattern, and that value
+moves by a few parts in ten thousand from month to month with the population's degree normalisation; exact
+atoms turned that into PSI > 2 on unchanged distributions. Proportions are floored at ``EPS = 1e-4`` (an empty
+bin would make PSI infinite). NaNs are excluded from both samples and their shares reported separately (``psi_detail``).
 This replaces the reference project's equal-width bins over the combined min-max range, whose bins move with
 the current sample and are dominated by outliers (reference-repo-ops §5.3, §10 item 22).
 
@@ -33,6 +37,7 @@ PSI_WARN = 0.1
 PSI_ALERT = 0.25
 N_BINS = 10
 EPS = 1e-4
+ATOM_TOL = 0.01  # see the module doc: the share of min(|atom|, reference 5-95% range) that is still the atom
 
 OK = "ok"
 WARN = "warn"
@@ -78,14 +83,42 @@ def _finite(x: Any, name: str) -> tuple[np.ndarray, float]:
     return a[ok], float(1.0 - ok.mean())
 
 
-def _bin_index(x: np.ndarray, edges: np.ndarray, atoms: np.ndarray) -> np.ndarray:
+def _bin_index(x: np.ndarray, edges: np.ndarray, atoms: np.ndarray, tol: np.ndarray) -> np.ndarray:
     """Bin of each value: intervals ``[e_{i-1}, e_i)`` are bins 0..len(edges) (outer ones open-ended); a value
-    equal to an atom edge goes to that atom's own bin after them."""
-    i = np.searchsorted(edges, x, side="right")
-    prev = np.maximum(i - 1, 0)
-    hit = (i > 0) & atoms[prev] & (x == edges[prev])
-    atom_bin = len(edges) + np.cumsum(atoms)  # atom j -> len(edges) + 1 + (number of atoms before j)
-    return np.where(hit, atom_bin[prev], i)
+    within ``tol`` of an atom edge (the nearest one) goes to that atom's own bin after them."""
+    out = np.searchsorted(edges, x, side="right")
+    a = edges[atoms]
+    if len(a):
+        j = np.searchsorted(a, x)
+        lo, hi = np.clip(j - 1, 0, len(a) - 1), np.clip(j, 0, len(a) - 1)
+        nearest = np.where(np.abs(x - a[lo]) <= np.abs(x - a[hi]), lo, hi)
+        hit = np.abs(x - a[nearest]) <= tol[atoms][nearest]
+        out = np.where(hit, len(edges) + 1 + nearest, out)
+    return out
+
+
+def _reference_spread(ref_sorted: np.ndarray) -> float:
+    """The reference's 5-95% range (its full range when that is 0; 0 for a constant)."""
+    lo, hi = np.quantile(ref_sorted, [0.05, 0.95])
+    return float(hi - lo if hi > lo else ref_sorted[-1] - ref_sorted[0])
+
+
+def _atom_tolerance(values: np.ndarray, spread: float) -> np.ndarray:
+    return ATOM_TOL * np.minimum(np.abs(values), spread)
+
+
+def _merge_near_edges(q: np.ndarray, spread: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct quantile edges with how many quantiles each stands for; a quantile within the atom
+    tolerance of the previous kept edge is the same point mass (e.g. one atom whose value differs slightly between
+    the months pooled into the reference) and is merged into it."""
+    edges, counts = [], []
+    for v in np.sort(q):
+        if edges and v - edges[-1] <= _atom_tolerance(np.array(edges[-1]), spread):
+            counts[-1] += 1
+        else:
+            edges.append(v)
+            counts.append(1)
+    return np.asarray(edges, dtype=float), np.asarray(counts)
 
 
 def psi_detail(reference: Any, current: Any, n_bins: int = N_BINS) -> PSIResult:
@@ -96,12 +129,14 @@ def psi_detail(reference: Any, current: Any, n_bins: int = N_BINS) -> PSIResult:
     cur, cur_nan = _finite(current, "current")
     ref_sorted = np.sort(ref)
     q = np.quantile(ref_sorted, np.linspace(0.0, 1.0, n_bins + 1)[1:-1], method="inverted_cdf")
-    edges, repeats = np.unique(q, return_counts=True)
-    mass = (np.searchsorted(ref_sorted, edges, side="right") - np.searchsorted(ref_sorted, edges)) / len(ref)
+    spread = _reference_spread(ref_sorted)
+    edges, repeats = _merge_near_edges(q, spread)
+    tol = _atom_tolerance(edges, spread)
+    mass = (np.searchsorted(ref_sorted, edges + tol, side="right") - np.searchsorted(ref_sorted, edges - tol)) / len(ref)
     atoms = (repeats > 1) | (mass >= 1.0 / n_bins)
     k = len(edges) + 1 + int(atoms.sum())
-    r = np.bincount(_bin_index(ref, edges, atoms), minlength=k) / len(ref)
-    c = np.bincount(_bin_index(cur, edges, atoms), minlength=k) / len(cur)
+    r = np.bincount(_bin_index(ref, edges, atoms, tol), minlength=k) / len(ref)
+    c = np.bincount(_bin_index(cur, edges, atoms, tol), minlength=k) / len(cur)
     rf, cf = np.maximum(r, EPS), np.maximum(c, EPS)
     value = float(((cf - rf) * np.log(cf / rf)).sum())
     return PSIResult(psi=value, n_bins=k, edges=tuple(map(float, edges)),
