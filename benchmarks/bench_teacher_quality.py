@@ -21,20 +21,36 @@ from datetime import date
 from pathlib import Path
 
 
+MODEL_MONTH = date(2016, 5, 1)
+
+
 def _prepare(workdir: Path, customers: int) -> None:
-    marker = workdir / "stage1.done"
-    if marker.exists():
-        return
+    """Generate the panel and materialize raw (all months), then features and labels for the months the model reads.
+
+    Each step leaves a marker only when it succeeded, so an interrupted stage resumes where it stopped. Features
+    start at the fit anchor: earlier months are warm-up months that no split of model month 2016-05 trains on.
+    """
     from ple_platform.cli import cmd_generate, materialize_groups
     from ple_platform.core.data.schema import month_range
     from ple_platform.core.settings import Settings
 
     settings = Settings.from_env()
-    t0 = time.perf_counter()
-    cmd_generate(argparse.Namespace(customers=customers, seed=7, out=str(settings.landing_path), months=None))
-    ok = materialize_groups(["raw", "features", "labels"], month_range(settings.start_month, settings.end_month))
-    print(f"stage 1 (generate + raw + features + labels): {time.perf_counter() - t0:.0f}s ok={ok}", flush=True)
-    marker.write_text("ok")
+    steps = [
+        ("generate", None, None),
+        ("raw", ["raw"], month_range(settings.start_month, settings.end_month)),
+        ("features", ["features", "labels"], month_range(settings.fit_end_month, MODEL_MONTH)),
+    ]
+    for name, groups, months in steps:
+        marker = workdir / f"{name}.done"
+        if marker.exists():
+            continue
+        t0 = time.perf_counter()
+        if groups is None:
+            cmd_generate(argparse.Namespace(customers=customers, seed=7, out=str(settings.landing_path), months=None))
+        elif not materialize_groups(groups, months):
+            raise SystemExit(f"stage 1 step {name!r} failed; fix it and re-run (finished steps are kept)")
+        print(f"stage 1 {name}: {time.perf_counter() - t0:.0f}s", flush=True)
+        marker.write_text("ok")
 
 
 def main() -> None:
@@ -66,7 +82,7 @@ def main() -> None:
                                   model={"expert_dim": args.expert_dim, "n_layers": 2})
         with duckdb.connect(settings.warehouse_path, read_only=True) as con:
             t0 = time.perf_counter()
-            fitted = fit_teacher(con, date(2016, 5, 1), settings.fit_end_month, teacher, workdir / f"ckpt{seed}")
+            fitted = fit_teacher(con, MODEL_MONTH, settings.fit_end_month, teacher, workdir / f"ckpt{seed}")
             result = assess_teacher(con, fitted.checkpoint, workdir / f"assess{seed}",
                                     AssessmentSettings(n_boot=200, lgb_num_boost_round=400))
         (workdir / f"quality_seed{seed}.json").write_text(json.dumps(result, default=str, indent=1))
