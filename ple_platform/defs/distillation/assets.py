@@ -167,7 +167,7 @@ def build_student_asset(spec: TaskSpec) -> dg.AssetsDefinition:
         store.put(student_latest_key(month, spec.name), meta_bytes)
         governance.audit_log().append(AuditEvent.STUDENT, f"{name}/{month.isoformat()}", {
             "model_sha256": sha, "route": decision["route"],
-            "fidelity_passed": passed, "run_id": context.run_id})
+            "fidelity_passed": passed, "run_id": context.run.run_id})
         description = ("fidelity not applicable: DIRECT route (hard-label LightGBM)" if not applicable
                        else "fidelity holds" if passed else "; ".join(fid["failures"]))
         return dg.MaterializeResult(
@@ -234,12 +234,12 @@ def model_bundle(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         train_months=tuple(date.fromisoformat(m) for m in split["train"]),
         validation_month=date.fromisoformat(split["validation"]), test_month=date.fromisoformat(split["test"]),
         students=students, routing={t: _jsonable(m["routing"]) for t, m in metas.items()},
-        feature_hashes=feature_hashes, run_id=context.run_id,
+        feature_hashes=feature_hashes, run_id=context.run.run_id,
     )
     registry = governance.registry()
     bundle_sha = registry.register(bundle)
     governance.audit_log().append(AuditEvent.REGISTRATION, version, {
-        "bundle_sha256": bundle_sha, "model_month": month.isoformat(), "run_id": context.run_id,
+        "bundle_sha256": bundle_sha, "model_month": month.isoformat(), "run_id": context.run.run_id,
         "teacher_sha256": teacher_sha, "routes": {t: s.route.value for t, s in students.items()}})
     store.put(f"bundles/{month.isoformat()}/bundle.json", json.dumps({"version": version}).encode())
     routes = "\n".join(f"| {t} | {s.route.value} | {s.metrics['fidelity_passed']} |" for t, s in students.items())

@@ -108,7 +108,7 @@ def challenger_evaluation(context: dg.AssetExecutionContext, config: ChallengerE
     payload = json.dumps(evaluation, sort_keys=True).encode()
     uri, sha = store.put(evaluation_key(month), payload)
     governance.audit_log().append(AuditEvent.EVALUATION, version, {
-        "champion": evaluation["champion_version"], "evaluation_sha256": sha, "run_id": context.run_id,
+        "champion": evaluation["champion_version"], "evaluation_sha256": sha, "run_id": context.run.run_id,
         "fairness": evaluation["fairness"]["challenger"]["summary"]})
     return dg.MaterializeResult(
         metadata={"version": version, "champion_version": evaluation["champion_version"] or "none (bootstrap)",
@@ -136,7 +136,7 @@ def champion_model(context: dg.AssetExecutionContext, config: PromotionRunConfig
     try:
         changed = execute_promotion(registry, audit, config.version, config.decision_id,
                                     require_approval=Settings.from_env().require_approval,
-                                    actor=f"dagster-run:{context.run_id}")
+                                    actor=f"dagster-run:{context.run.run_id}")
     except (PromotionFlowError, ValueError) as err:
         raise dg.Failure(description=f"promotion of {config.version} refused: {err}") from None
     champion = registry.champion()

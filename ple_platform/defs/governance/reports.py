@@ -67,11 +67,11 @@ def recommendations(context: dg.AssetExecutionContext, warehouse: WarehouseResou
                "rows": n, "customers": batch.customers, "customers_scored": batch.customers_scored,
                "blocked_investment_pairs": batch.blocked_investment_pairs, "n_reasons": batch.n_reasons,
                "n_grounded": batch.n_grounded, "languages": list(LANGS), "gate_profile": batch.gate_profile,
-               "content_hash": content_hash, "run_id": context.run_id}
+               "content_hash": content_hash, "run_id": context.run.run_id}
     store.put(summary_key(month), json.dumps(summary, sort_keys=True).encode())
     governance.audit_log().append(AuditEvent.RECOMMENDATION, f"recommendations/{month.isoformat()}", {
         "version": bundle.version, "bundle_sha256": bundle.bundle_sha256, "n": n, "customers": batch.customers,
-        "content_hash": content_hash, "run_id": context.run_id}, actor=f"dagster-run:{context.run_id}")
+        "content_hash": content_hash, "run_id": context.run.run_id}, actor=f"dagster-run:{context.run.run_id}")
     md_sample = "| customer | rank | product | score | reason (en) |\n|---|---|---|---|---|\n" + "\n".join(
         f"| {c[:10]}… | {r} | {p} | {s} | {t.replace('|', '/')} |" for c, r, p, s, t in sample)
     n_reasons = batch.n_reasons
@@ -125,7 +125,7 @@ def compliance_report(context: dg.AssetExecutionContext, config: ComplianceRepor
     with warehouse.get_connection() as con:
         try:
             evidence = collect_evidence(con, store, governance.registry(), governance.audit_log(), month,
-                                        evidence_settings, run_id=context.run_id)
+                                        evidence_settings, run_id=context.run.run_id)
         except (EvidenceError, RecommendationError) as err:
             raise dg.Failure(description=str(err)) from None
     report = rpt.build_report(evidence)
@@ -136,10 +136,10 @@ def compliance_report(context: dg.AssetExecutionContext, config: ComplianceRepor
         uris[path.suffix[1:]] = store.put(report_key(month, path.name), path.read_bytes())
     payload = {"version": evidence.model_version, "evidence_sha256": report["evidence_sha256"],
                "json_sha256": uris["json"][1], "html_sha256": uris["html"][1],
-               "overall_status": report["summary"]["overall_status"], "run_id": context.run_id}
+               "overall_status": report["summary"]["overall_status"], "run_id": context.run.run_id}
     try:
         governance.audit_log().append(AuditEvent.REPORT, f"compliance_report/{month.isoformat()}", payload,
-                                      actor=f"dagster-run:{context.run_id}")
+                                      actor=f"dagster-run:{context.run.run_id}")
         audit_note = "appended"
     except AuditIntegrityError as err:  # a broken chain is reported (record keeping: fail), never extended
         audit_note = f"not appended: {err}"

@@ -111,7 +111,7 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
         # The ingest hash in the audit log is what lineage compares today's partition against.
         governance.audit_log().append(AuditEvent.INGEST, f"raw.{table}/{month.isoformat()}", {
             "table": f"raw.{table}", "month": month.isoformat(), "content_hash": content_hash, "rows": n_rows,
-            "source": str(validated.source), "run_id": context.run_id})
+            "source": str(validated.source), "run_id": context.run.run_id})
         return dg.MaterializeResult(
             metadata={
                 "available": True,
