@@ -2,13 +2,13 @@
 
     python benchmarks/bench_teacher_quality.py --customers 20000 --workdir /tmp/bench_quality --seeds 0 1 2
 
-Stage 1 (once per workdir): synthetic panel, raw, 17 feature groups and labels for 2015-01..2016-05 through the
-production assets (fit anchor 2015-06). Stage 2 per seed: the teacher of model month 2016-05 (train 2015-06..
-2016-02, validate 2016-03, test 2016-04) and ``assess_teacher`` — the LightGBM baseline and the vanilla PLE are
+Stage 1 (once per workdir): synthetic panel and raw for 2015-01..2016-05, the 17 feature groups and labels for
+2015-06..2016-05, all through the production assets (fit anchor 2015-06). Stage 2 per seed: the teacher of model
+month 2016-05 (train 2015-06..2016-02, validate 2016-03, test 2016-04) and ``assess_teacher`` — the LightGBM baseline and the vanilla PLE are
 trained on the same rows and scored on the same test customers in the same run. Prints per seed the mean binary
 AUC of each model with the paired 95% CI of teacher − LightGBM, the worst task, throughput (samples/s) of the
 teacher and of the vanilla PLE, and the verdict against the goal (mean ≥ +0.005, no task below −0.005).
-Writes the full results as JSON to ``<workdir>/quality_seed<k>.json``.
+Writes the full results as JSON to ``<workdir>/quality<tag>_seed<k>.json``.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--per-month", type=int, default=2000, help="teacher sample per month (None = all)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--expert-dim", type=int, default=32)
+    ap.add_argument("--tag", default="", help="names this configuration's outputs (several can share a workdir)")
     args = ap.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -82,10 +83,10 @@ def main() -> None:
                                   model={"expert_dim": args.expert_dim, "n_layers": 2})
         with duckdb.connect(settings.warehouse_path, read_only=True) as con:
             t0 = time.perf_counter()
-            fitted = fit_teacher(con, MODEL_MONTH, settings.fit_end_month, teacher, workdir / f"ckpt{seed}")
-            result = assess_teacher(con, fitted.checkpoint, workdir / f"assess{seed}",
+            fitted = fit_teacher(con, MODEL_MONTH, settings.fit_end_month, teacher, workdir / f"ckpt{args.tag}{seed}")
+            result = assess_teacher(con, fitted.checkpoint, workdir / f"assess{args.tag}{seed}",
                                     AssessmentSettings(n_boot=200, lgb_num_boost_round=400))
-        (workdir / f"quality_seed{seed}.json").write_text(json.dumps(result, default=str, indent=1))
+        (workdir / f"quality{args.tag}_seed{seed}.json").write_text(json.dumps(result, default=str, indent=1))
         goal = result["goal"]
         rows.append((seed, result["mean_binary_auc"], goal, fitted.samples_per_second,
                      result["vanilla_ple"].get("samples_per_second"), time.perf_counter() - t0))
