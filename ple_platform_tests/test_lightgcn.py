@@ -176,3 +176,30 @@ def test_invalid_edges_raise():
         propagation_coefficients(np.array([[0, 24]]), 1, 24, 3)
     with pytest.raises(ValueError):
         propagation_coefficients(np.array([[2, 0]]), 2, 24, 3)
+
+
+def test_folding_into_the_graph_itself_is_exact_lightgcn(split_graph, fitted):
+    train, _, _ = split_graph
+    state, _ = fitted
+    f = lightgcn_customer_features(state, train, N_CUST)
+    np.testing.assert_allclose(f, lightgcn_customer_features(state, train, N_CUST, reference=(train, N_CUST)))
+    cust_emb, _ = lightgcn_embeddings(state, train, N_CUST)
+    connected = f[:, 65] > 0
+    np.testing.assert_allclose(f[connected, :64], cust_emb[connected], rtol=1e-4, atol=1e-6)
+
+
+def test_same_holdings_give_the_same_embedding_in_any_later_population(split_graph, fitted):
+    train, _, _ = split_graph
+    state, _ = fitted
+    # Next month: the same 2,000 customers plus 400 new ones who all hold product 0 (its degree grows by 40%).
+    hold, _ = _community_holdings(400, seed=5)
+    hold[:, 0] = True
+    c, p = np.nonzero(hold)
+    grown = np.concatenate([train, np.stack([c + N_CUST, p], axis=1)])
+    folded = lightgcn_customer_features(state, grown, N_CUST + 400, reference=(train, N_CUST))
+    np.testing.assert_allclose(folded[:N_CUST], lightgcn_customer_features(state, train, N_CUST), rtol=1e-5,
+                               atol=1e-6)
+    # Propagating over the grown graph instead moves the unchanged customers (the drift the fold-in removes).
+    own_graph = lightgcn_customer_features(state, grown, N_CUST + 400)
+    holders = np.isin(np.arange(N_CUST), train[train[:, 1] == 0, 0])
+    assert np.abs(own_graph[:N_CUST][holders, :64] - folded[:N_CUST][holders, :64]).max() > 1e-3

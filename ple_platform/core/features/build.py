@@ -214,7 +214,11 @@ def _graph_collaborative(ctx: BuildContext) -> GroupOutput:
 
     state, _ = ctx.fit("graph_collaborative", fit, window=1)
     holdings = holdings_matrix(ctx.con, ctx.pop)
-    return GroupOutput(lightgcn_customer_features(state, _edges(holdings), len(ctx.pop)).astype(np.float32), ctx.records)
+    # Customers are folded into the fit month's graph (months <= t): same holdings, same embedding every month.
+    fit_pop = ctx.fit_population()
+    reference = (_edges(holdings_matrix(ctx.con, fit_pop)), len(fit_pop))
+    values = lightgcn_customer_features(state, _edges(holdings), len(ctx.pop), reference=reference)
+    return GroupOutput(values.astype(np.float32), ctx.records)
 
 
 def _gmm_inputs(con: duckdb.DuckDBPyConnection, pop: Population) -> np.ndarray:

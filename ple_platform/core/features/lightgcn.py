@@ -17,10 +17,9 @@ numbers (up to float rounding), but it is done once per graph (once per epoch in
 graph), after which every BPR step is a (batch, 24) x (24, dim) product. Training therefore touches the edges only
 through one 24-channel propagation per epoch, and fitting on a whole month's population is affordable.
 
-Scale caveat of the symmetric normalisation: customer layers 1 and 3 scale like 1/sqrt(product degree) and product
-layers 1 and 3 like sqrt(product degree), so outputs depend somewhat on the population size of the graph. Customer
-embeddings barely move (same state, 20k-customer graph vs the 100k graph containing it: cosine > 0.999, norm -2%),
-but product final embeddings do; featurise graphs of the same kind as the fit graph (one month's population).
+Featurisation folds each month's customers into the fit month's graph (``lightgcn_customer_features`` with
+``reference``): the symmetric normalisation makes propagation over a month's own graph depend on its product
+degrees, which grow with the population and its holdings, so an unchanged customer would drift month to month.
 """
 
 from __future__ import annotations
@@ -206,22 +205,66 @@ def lightgcn_embeddings(
     return out[:n_customers], out[n_customers:]
 
 
-def lightgcn_customer_features(state: dict[str, np.ndarray], edges: np.ndarray, n_customers: int) -> np.ndarray:
+def _product_side(state: dict[str, np.ndarray], edges: np.ndarray, n_customers: int):
+    """Product degrees, product layers 0..K-1 and the connected-customer centroid of LightGCN on ``edges``."""
+    import torch
+
+    emb = np.asarray(state["product_emb"], dtype=np.float32)
+    n_layers = int(np.asarray(state["n_layers"]).ravel()[0])
+    coef, e = propagation_coefficients(edges, n_customers, emb.shape[0], n_layers)
+    cust_emb = coef[:n_customers].numpy() @ emb
+    connected = np.bincount(e[:, 0], minlength=n_customers) > 0
+    centroid = cust_emb[connected].mean(axis=0) if connected.any() else np.zeros(emb.shape[1], np.float32)
+    # Product rows of each layer: run the layers once more, keeping them apart (coef holds only their mean).
+    from torch_geometric.nn import LGConv
+
+    cust = torch.from_numpy(e[:, 0])
+    prod = torch.from_numpy(e[:, 1] + n_customers)
+    edge_index = torch.stack([torch.cat([cust, prod]), torch.cat([prod, cust])])
+    holds = np.zeros((n_customers, emb.shape[0]), np.float32)
+    holds[e[:, 0], e[:, 1]] = 1.0
+    x = torch.from_numpy(np.concatenate([holds / np.maximum(holds.sum(1, keepdims=True), 1.0) @ emb, emb]))
+    layers, conv = [emb], LGConv(normalize=True)
+    with torch.no_grad():
+        for _ in range(n_layers - 1):
+            x = conv(x, edge_index)
+            layers.append(x[n_customers:].numpy())
+    degree = np.bincount(e[:, 1], minlength=emb.shape[0]).astype(np.float32)
+    return degree, layers, centroid
+
+
+def lightgcn_customer_features(state: dict[str, np.ndarray], edges: np.ndarray, n_customers: int,
+                               reference: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """(n_customers, dim + 2) = final customer embedding, its L2 norm, degree (number of distinct held products).
 
-    Computed by propagating over ``edges`` — the graph of the month being featurised, which may contain customers
-    never seen at fit time (their layer 0 is the mean of their products' learned embeddings, so they are covered).
-    A customer with no products is an isolated node whose raw LightGCN embedding would be exactly zero; instead it
-    gets the population centroid — the mean final embedding of the customers in the same graph that hold at least
-    one product (zeros if nobody does) — i.e. the cold-start "average customer", whose dot products with the product
-    embeddings rank products like the population does. Its ``degree`` column is 0, so models can still tell it apart.
+    ``reference`` = (edges, n_customers) of the graph whose product side the customers are folded into — the fit
+    month's graph in the pipeline. A customer's layer 0 is the mean of its products' learned embeddings and its
+    layer k the normalised sum of its products' layer k-1 on the reference graph, so the embedding is a function of
+    the customer's own holdings and the fitted state only: the same holdings give the same embedding every month
+    (propagating over each month's own graph moved it by up to 3% a year as product degrees grew, which the drift
+    report flagged and a model trained on earlier months never saw). With ``reference=None`` the graph itself is
+    the reference: exact LightGCN on ``edges``. Customers never seen at fit time are covered the same way.
+    A customer with no products gets the reference population's centroid — the mean final embedding of its
+    customers holding at least one product — i.e. the cold-start "average customer", whose dot products with the
+    product embeddings rank products like the population does. Its ``degree`` column is 0, so models can still
+    tell it apart.
     """
-    emb = np.asarray(state["product_emb"], dtype=np.float32)
-    coef, e = propagation_coefficients(edges, n_customers, emb.shape[0], int(np.asarray(state["n_layers"]).ravel()[0]))
-    cust_emb = coef[:n_customers].numpy() @ emb
-    degree = np.bincount(e[:, 0], minlength=n_customers).astype(np.float32)
+    ref_edges, ref_n = (edges, n_customers) if reference is None else reference
+    degree_p, layers, centroid = _product_side(state, ref_edges, ref_n)
+    n_products = layers[0].shape[0]
+    e = _clean_edges(edges, n_customers, n_products)
+    holds = np.zeros((n_customers, n_products), np.float32)
+    holds[e[:, 0], e[:, 1]] = 1.0
+    degree = holds.sum(axis=1)
     isolated = degree == 0
-    if isolated.any() and (~isolated).any():
-        cust_emb[isolated] = cust_emb[~isolated].mean(axis=0)
+    d = np.maximum(degree, 1.0)[:, None]
+    # Layer k >= 1 of a customer: sum over its products of layer k-1 / sqrt(deg(customer) * deg(product)). A product
+    # nobody held in the reference graph has no layers there; its weight is zero beyond layer 0.
+    w = holds * np.where(degree_p > 0, 1.0 / np.sqrt(np.maximum(degree_p, 1.0)), 0.0)[None, :] / np.sqrt(d)
+    total = holds / d @ layers[0]
+    for layer in layers:
+        total += w @ layer
+    cust_emb = (total / (len(layers) + 1)).astype(np.float32)
+    cust_emb[isolated] = centroid
     norm = np.linalg.norm(cust_emb, axis=1)
     return np.concatenate([cust_emb, norm[:, None], degree[:, None]], axis=1).astype(np.float32)
