@@ -62,8 +62,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--expert-dim", type=int, default=32)
     ap.add_argument("--tag", default="", help="names this configuration's outputs (several can share a workdir)")
+    ap.add_argument("--summarize", action="store_true", help="only print the summary of stored results")
     args = ap.parse_args()
     workdir = Path(args.workdir)
+    if args.summarize:
+        summarize(workdir, args.tag, args.seeds)
+        return
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PLE_DATA_DIR", str(workdir / "data"))
     os.environ.setdefault("DAGSTER_HOME", str(workdir / "dagster_home"))
@@ -77,29 +81,57 @@ def main() -> None:
     from ple_platform.core.settings import Settings
 
     settings = Settings.from_env()
-    rows = []
     for seed in args.seeds:
         teacher = TeacherSettings(max_customers_per_month=args.per_month, epochs=args.epochs, seed=seed,
                                   model={"expert_dim": args.expert_dim, "n_layers": 2})
         with duckdb.connect(settings.warehouse_path, read_only=True) as con:
-            t0 = time.perf_counter()
             fitted = fit_teacher(con, MODEL_MONTH, settings.fit_end_month, teacher, workdir / f"ckpt{args.tag}{seed}")
             result = assess_teacher(con, fitted.checkpoint, workdir / f"assess{args.tag}{seed}",
                                     AssessmentSettings(n_boot=200, lgb_num_boost_round=400))
+        result["teacher_fit"] = {"samples_per_second": fitted.samples_per_second, "seconds": fitted.seconds,
+                                 "epochs": args.epochs, "per_month": args.per_month}
         (workdir / f"quality{args.tag}_seed{seed}.json").write_text(json.dumps(result, default=str, indent=1))
-        goal = result["goal"]
-        rows.append((seed, result["mean_binary_auc"], goal, fitted.samples_per_second,
-                     result["vanilla_ple"].get("samples_per_second"), time.perf_counter() - t0))
         print(results_markdown(result), flush=True)
+    summarize(workdir, args.tag, args.seeds)
+
+
+def summarize(workdir: Path, tag: str, seeds: list[int]) -> None:
+    """Per-seed rows and the across-seed verdict from the stored JSON results of one configuration."""
+    import numpy as np
+    from scipy import stats
+
+    from ple_platform.core.tasks.spec import TASKS_BY_NAME
+
+    results = {s: json.loads((workdir / f"quality{tag}_seed{s}.json").read_text()) for s in seeds}
     print("\n| seed | teacher AUC | LightGBM AUC | vanilla PLE AUC | teacher − LightGBM [95% CI] | worst task | "
           "teacher samples/s | vanilla samples/s | goal met |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for seed, auc, goal, sps, vsps, secs in rows:
+    for seed, r in results.items():
+        auc, goal = r["mean_binary_auc"], r["goal"]
         lo, hi = goal["mean_auc_diff_ci"]
+        sps = (r.get("teacher_fit") or {}).get("samples_per_second")
         print(f"| {seed} | {auc['teacher']:.4f} | {auc['lightgbm']:.4f} | {auc.get('vanilla_ple', float('nan')):.4f} | "
               f"{goal['mean_auc_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {goal['worst_task']} "
-              f"({goal['worst_task_diff']:+.4f}) | {sps:.0f} | {vsps or float('nan'):.0f} | {goal['met']} |")
-
+              f"({goal['worst_task_diff']:+.4f}) | {'–' if sps is None else f'{sps:.0f}'} | "
+              f"{r['vanilla_ple'].get('samples_per_second') or float('nan'):.0f} | {goal['met']} |")
+    # Across seeds: mean and a t-interval over the per-seed differences (each seed redraws the teacher's init and
+    # its training subsample, so the interval covers both).
+    diffs = np.array([r["goal"]["mean_auc_diff"] for r in results.values()])
+    half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else np.nan
+    means = {m: np.mean([r["mean_binary_auc"][m] for r in results.values()]) for m in ("teacher", "lightgbm", "vanilla_ple")}
+    per_task = {}
+    for r in results.values():
+        for t, d in r["differences"]["teacher_minus_lightgbm"].items():
+            if t in TASKS_BY_NAME and TASKS_BY_NAME[t].kind == "binary" and "auc" in d:
+                per_task.setdefault(t, []).append(d["auc"]["value"])
+    task_means = {t: float(np.mean(v)) for t, v in per_task.items()}
+    worst = min(task_means, key=task_means.get)
+    met = diffs.mean() >= 0.005 and min(task_means.values()) >= -0.005
+    print(f"\nover {len(diffs)} seeds: teacher {means['teacher']:.4f}, LightGBM {means['lightgbm']:.4f}, vanilla PLE "
+          f"{means['vanilla_ple']:.4f}; teacher − LightGBM {diffs.mean():+.4f} (95% t-interval over seeds "
+          f"[{diffs.mean() - half:+.4f}, {diffs.mean() + half:+.4f}]); per task: "
+          + ", ".join(f"{t} {v:+.3f}" for t, v in sorted(task_means.items(), key=lambda kv: kv[1]))
+          + f"; worst {worst}; goal (≥ +0.005, no task < −0.005) met: {bool(met)}")
 
 if __name__ == "__main__":
     main()
