@@ -205,32 +205,46 @@ def lightgcn_embeddings(
     return out[:n_customers], out[n_customers:]
 
 
-def _product_side(state: dict[str, np.ndarray], edges: np.ndarray, n_customers: int):
-    """Product degrees, product layers 0..K-1 and the connected-customer centroid of LightGCN on ``edges``."""
+def _holdings(edges: np.ndarray, n_customers: int, n_products: int) -> np.ndarray:
+    e = _clean_edges(edges, n_customers, n_products)
+    holds = np.zeros((n_customers, n_products), np.float32)
+    holds[e[:, 0], e[:, 1]] = 1.0
+    return holds
+
+
+def _product_layers(emb: np.ndarray, holds: np.ndarray, n_layers: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Product degrees and product layers 0..n_layers-1 of LightGCN on the graph of ``holds``."""
+    import warnings
+
     import torch
 
-    emb = np.asarray(state["product_emb"], dtype=np.float32)
-    n_layers = int(np.asarray(state["n_layers"]).ravel()[0])
-    coef, e = propagation_coefficients(edges, n_customers, emb.shape[0], n_layers)
-    cust_emb = coef[:n_customers].numpy() @ emb
-    connected = np.bincount(e[:, 0], minlength=n_customers) > 0
-    centroid = cust_emb[connected].mean(axis=0) if connected.any() else np.zeros(emb.shape[1], np.float32)
-    # Product rows of each layer: run the layers once more, keeping them apart (coef holds only their mean).
-    from torch_geometric.nn import LGConv
+    with warnings.catch_warnings():  # torch-geometric 2.8 still calls the deprecated torch.jit.script at import
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch_geometric.nn import LGConv
 
-    cust = torch.from_numpy(e[:, 0])
-    prod = torch.from_numpy(e[:, 1] + n_customers)
+    n_customers = len(holds)
+    c, p = np.nonzero(holds)
+    cust, prod = torch.from_numpy(c), torch.from_numpy(p + n_customers)
     edge_index = torch.stack([torch.cat([cust, prod]), torch.cat([prod, cust])])
-    holds = np.zeros((n_customers, emb.shape[0]), np.float32)
-    holds[e[:, 0], e[:, 1]] = 1.0
     x = torch.from_numpy(np.concatenate([holds / np.maximum(holds.sum(1, keepdims=True), 1.0) @ emb, emb]))
     layers, conv = [emb], LGConv(normalize=True)
     with torch.no_grad():
         for _ in range(n_layers - 1):
             x = conv(x, edge_index)
             layers.append(x[n_customers:].numpy())
-    degree = np.bincount(e[:, 1], minlength=emb.shape[0]).astype(np.float32)
-    return degree, layers, centroid
+    return holds.sum(axis=0), layers
+
+
+def _fold_in(holds: np.ndarray, emb: np.ndarray, degree_p: np.ndarray, layers: list[np.ndarray]) -> np.ndarray:
+    """Final (layer-mean) embeddings of customers ``holds`` against a graph's product degrees and layers: layer 0
+    is the mean of the held products' E, layer k >= 1 sums the held products' layer k-1 / sqrt(deg(c) deg(p)).
+    A product nobody held in that graph has no layers there; its weight is zero beyond layer 0."""
+    d = np.maximum(holds.sum(axis=1), 1.0)[:, None]
+    w = holds * np.where(degree_p > 0, 1.0 / np.sqrt(np.maximum(degree_p, 1.0)), 0.0)[None, :] / np.sqrt(d)
+    total = holds / d @ emb
+    for layer in layers:
+        total += w @ layer
+    return (total / (len(layers) + 1)).astype(np.float32)
 
 
 def lightgcn_customer_features(state: dict[str, np.ndarray], edges: np.ndarray, n_customers: int,
@@ -249,22 +263,16 @@ def lightgcn_customer_features(state: dict[str, np.ndarray], edges: np.ndarray, 
     product embeddings rank products like the population does. Its ``degree`` column is 0, so models can still
     tell it apart.
     """
-    ref_edges, ref_n = (edges, n_customers) if reference is None else reference
-    degree_p, layers, centroid = _product_side(state, ref_edges, ref_n)
-    n_products = layers[0].shape[0]
-    e = _clean_edges(edges, n_customers, n_products)
-    holds = np.zeros((n_customers, n_products), np.float32)
-    holds[e[:, 0], e[:, 1]] = 1.0
+    emb = np.asarray(state["product_emb"], dtype=np.float32)
+    n_layers = int(np.asarray(state["n_layers"]).ravel()[0])
+    holds = _holdings(edges, n_customers, emb.shape[0])
+    ref_holds = holds if reference is None else _holdings(reference[0], reference[1], emb.shape[0])
+    degree_p, layers = _product_layers(emb, ref_holds, n_layers)
+    cust_emb = _fold_in(holds, emb, degree_p, layers)
+    connected = ref_holds.sum(axis=1) > 0
+    centroid = (_fold_in(ref_holds[connected], emb, degree_p, layers).mean(axis=0) if connected.any()
+                else np.zeros(emb.shape[1], np.float32))
     degree = holds.sum(axis=1)
-    isolated = degree == 0
-    d = np.maximum(degree, 1.0)[:, None]
-    # Layer k >= 1 of a customer: sum over its products of layer k-1 / sqrt(deg(customer) * deg(product)). A product
-    # nobody held in the reference graph has no layers there; its weight is zero beyond layer 0.
-    w = holds * np.where(degree_p > 0, 1.0 / np.sqrt(np.maximum(degree_p, 1.0)), 0.0)[None, :] / np.sqrt(d)
-    total = holds / d @ layers[0]
-    for layer in layers:
-        total += w @ layer
-    cust_emb = (total / (len(layers) + 1)).astype(np.float32)
-    cust_emb[isolated] = centroid
+    cust_emb[degree == 0] = centroid
     norm = np.linalg.norm(cust_emb, axis=1)
     return np.concatenate([cust_emb, norm[:, None], degree[:, None]], axis=1).astype(np.float32)
