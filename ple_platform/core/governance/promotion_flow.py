@@ -28,6 +28,12 @@ class PromotionFlowError(ValueError):
     """A promotion step was asked for something the recorded evidence does not support."""
 
 
+def comparable_out_of_time(challenger: ModelBundle, champion: ModelBundle) -> bool:
+    """A challenger can be compared with a champion only on a month the champion never saw: its test month must
+    come after the champion's validation month (the champion's test month is fair game, it was never tuned on)."""
+    return challenger.test_month > champion.validation_month
+
+
 @dataclass(frozen=True)
 class RecordedDecision:
     decision_id: int
@@ -57,7 +63,7 @@ def judge_challenger(registry: Registry, audit: AuditLog, policy: PromotionPolic
         raise PromotionFlowError(f"{version} is already the champion")
     champion_version = champion.version if champion is not None else None
     if champion_version is not None and evaluation.get("champion_version") != champion_version:
-        if bundle.test_month <= champion.validation_month:
+        if not comparable_out_of_time(bundle, champion):
             return _reject_superseded(registry, audit, bundle, champion)
         raise PromotionFlowError(f"the evaluation of {version} compared it with {evaluation.get('champion_version')}, "
                                  f"but the champion is now {champion_version}; re-run challenger_evaluation")

@@ -29,6 +29,7 @@ from ple_platform.core.governance.registry import ModelStatus
 from ple_platform.core.governance.promotion_flow import (
     PromotionFlowError,
     approve_challenger,
+    comparable_out_of_time,
     execute_promotion,
     judge_challenger,
 )
@@ -89,7 +90,7 @@ def challenger_evaluation(context: dg.AssetExecutionContext, config: ChallengerE
     bundle = registry.get(version)
     champion = registry.champion()
     champion = None if champion is None or champion.version == version else champion
-    if champion is not None and bundle.test_month <= champion.validation_month:
+    if champion is not None and not comparable_out_of_time(bundle, champion):
         raise dg.Failure(description=(
             f"{version} is tested on {bundle.test_month:%Y-%m}, which champion {champion.version} already saw "
             f"(its validation month is {champion.validation_month:%Y-%m}): not an out-of-time comparison"))
