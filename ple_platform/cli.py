@@ -12,9 +12,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -56,6 +58,57 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# Dagster's console logger would print every step's traceback in the middle of the output; the CLI prints its own
+# one-line summary of each failure instead (full logs stay in the run, visible in the UI).
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def _cause(error) -> str:
+    """The innermost cause's first line: the part of a Dagster error chain that says why."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return (error.message or "").strip().splitlines()[0] if error and error.message else "unknown error"
+
+
+@contextmanager
+def _quiet_dagster_log():
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def failure_lines(result) -> list[str]:
+    """One line per failed blocking check and per failed step: what failed, why, and what to do."""
+    import dagster as dg
+
+    lines = []
+    for c in result.get_asset_check_evaluations():
+        if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR:
+            lines.append(f"FAILED check {c.asset_key.to_user_string()}.{c.check_name}: {c.description or 'no detail'} "
+                         f"-> downstream steps were skipped; see the check's metadata in the UI (run "
+                         f"{result.run_id[:8]}) and docs/operations.md#when-a-check-fails")
+    for event in result.get_step_failure_events():
+        lines.append(f"FAILED step {event.step_key}: {_cause(event.step_failure_data.error)} -> full log: run "
+                     f"{result.run_id[:8]} in the UI (make ui); fix the cause and rerun the same command")
+    return lines
+
+
+def _materialize(selection, month: date | None, run_config: dict | None = None, tags: dict | None = None):
+    import dagster as dg
+
+    from ple_platform.definitions import defs
+    from ple_platform.progress_view import terminal_progress
+
+    config = {**(run_config or {}), **QUIET_LOGGERS}
+    with terminal_progress():
+        return dg.materialize(list(defs.assets or []), selection=selection,
+                              partition_key=month.isoformat() if month else None,
+                              instance=dg.DagsterInstance.get(), resources=defs.resources, run_config=config,
+                              raise_on_error=False, tags={"ple/launched_by": "cli", **(tags or {})})
+
+
 def materialize_groups(groups: list[str], months: list[date], echo=print) -> bool:
     """Materialize asset groups on the current Dagster instance (runs are visible in the UI).
 
@@ -63,39 +116,24 @@ def materialize_groups(groups: list[str], months: list[date], echo=print) -> boo
     """
     import dagster as dg
 
-    from ple_platform.definitions import defs
-
-    instance = dg.DagsterInstance.get()
-    assets = list(defs.assets or [])
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     for group in groups:
         echo(f"  group {group}")
-        for month in months:
+        for i, month in enumerate(months, 1):
             t0 = time.perf_counter()
-            result = dg.materialize(
-                assets,
-                selection=dg.AssetSelection.groups(group),
-                partition_key=month.isoformat(),
-                instance=instance,
-                resources=defs.resources,
-                run_config=quiet,
-                raise_on_error=False,
-                tags={"ple/launched_by": "cli"},
-            )
+            result = _materialize(dg.AssetSelection.groups(group), month)
             checks = result.get_asset_check_evaluations()
             errors = [c for c in checks if not c.passed and c.severity == dg.AssetCheckSeverity.ERROR]
             warns = [c for c in checks if not c.passed and c.severity == dg.AssetCheckSeverity.WARN]
             status = "ok" if result.success and not errors else "FAILED"
             echo(
-                f"    {month:%Y-%m}  {status:6}  {len(checks)} checks: {len(checks) - len(errors) - len(warns)} passed, "
-                f"{len(warns)} warnings, {len(errors)} failed  {time.perf_counter() - t0:5.1f}s  run {result.run_id[:8]}"
+                f"    {month:%Y-%m} ({i}/{len(months)})  {status:6}  {len(checks)} checks: "
+                f"{len(checks) - len(errors) - len(warns)} passed, {len(warns)} warnings, {len(errors)} failed  "
+                f"{time.perf_counter() - t0:5.1f}s  run {result.run_id[:8]}"
             )
-            for c in errors:
-                echo(f"      check {c.asset_key.to_user_string()}.{c.check_name} failed")
-            if not result.success:
-                for event in result.all_events:
-                    if event.is_step_failure:
-                        echo(f"      {event.step_key}: {event.step_failure_data.error.message.strip().splitlines()[0]}")
+            lines = failure_lines(result)
+            for line in lines:
+                echo(f"      {line}")
+            if lines or not result.success:
                 return False
     return True
 
@@ -105,24 +143,19 @@ def _model_run_config() -> dict:
 
     ops = {k: {"config": v} for k, v in DEMO_RUN_CONFIG.items() if k != "student"}
     ops.update({f"student_{t.name}": {"config": DEMO_RUN_CONFIG["student"]} for t in TASKS})
-    return {"ops": ops, "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    return {"ops": ops}
 
 
 def materialize_assets(keys: list[str], month: date, echo=print) -> bool:
-    import dagster as dg
-
-    from ple_platform.definitions import defs
-
     t0 = time.perf_counter()
-    result = dg.materialize(list(defs.assets or []), selection=keys, partition_key=month.isoformat(),
-                            instance=dg.DagsterInstance.get(), resources=defs.resources, raise_on_error=False,
-                            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-                            tags={"ple/launched_by": "cli"})
+    result = _materialize(keys, month)
     for key in keys:
         for mat in result.asset_materializations_for_node(key):
             md = {k: v.value for k, v in mat.metadata.items() if isinstance(v.value, (int, float, str))}
             shown = {k: md[k] for k in list(md)[:6]}
             echo(f"    {key}: {shown}")
+    for line in failure_lines(result):
+        echo(f"      {line}")
     echo(f"    {'ok' if result.success else 'FAILED'} in {time.perf_counter() - t0:.0f}s, run {result.run_id[:8]}")
     return result.success
 
@@ -136,25 +169,25 @@ def run_model_chain(months: list[date], echo=print) -> bool:
     from ple_platform.defs.governance.promotion import champion_challenger_sensor
 
     instance = dg.DagsterInstance.get()
-    assets = list(defs.assets or [])
     chain = dg.AssetSelection.groups("training", "distillation") | dg.AssetSelection.assets("challenger_evaluation")
     cursor = None
     for month in months:
         t0 = time.perf_counter()
-        result = dg.materialize(assets, selection=chain, partition_key=month.isoformat(), instance=instance,
-                                resources=defs.resources, run_config=_model_run_config(), raise_on_error=False,
-                                tags={"ple/launched_by": "cli"})
+        echo(f"    {month:%Y-%m}: teacher, evaluation, 13 students, bundle, challenger evaluation")
+        result = _materialize(chain, month, run_config=_model_run_config())
         checks = result.get_asset_check_evaluations()
         failed = [c for c in checks if not c.passed]
-        echo(f"    {month:%Y-%m}  {'ok' if result.success else 'FAILED':6}  teacher, evaluation, 13 students, bundle, "
-             f"challenger evaluation; {len(checks) - len(failed)}/{len(checks)} fidelity checks passed  "
-             f"{time.perf_counter() - t0:5.0f}s")
-        for c in failed:
-            echo(f"      check {c.asset_key.to_user_string()}.{c.check_name}: {c.description}")
-        if not result.success:
+        echo(f"    {month:%Y-%m}  {'ok' if result.success else 'FAILED':6}  "
+             f"{len(checks) - len(failed)}/{len(checks)} fidelity checks passed  {time.perf_counter() - t0:5.0f}s  "
+             f"run {result.run_id[:8]}")
+        lines = failure_lines(result)
+        for line in lines:
+            echo(f"      {line}")
+        if lines or not result.success:
             return False
         ctx = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources)
-        tick = champion_challenger_sensor(ctx)
+        with _quiet_dagster_log():  # the sensor's own log line repeats the decision printed below
+            tick = champion_challenger_sensor(ctx)
         cursor = tick.cursor
         for event in tick.asset_events:
             echo(f"    sensor: {event.metadata['version'].value} -> {event.metadata['decision'].value}")
@@ -162,9 +195,13 @@ def run_model_chain(months: list[date], echo=print) -> bool:
                 echo(f"      {line}")
         for req in tick.run_requests:
             selection = ["champion_model"] if req.job_name == "promote_challenger" else ["challenger_evaluation"]
-            run = dg.materialize(assets, selection=selection, partition_key=req.partition_key, instance=instance,
-                                 resources=defs.resources, run_config=req.run_config, tags=req.tags)
+            month_of = date.fromisoformat(req.partition_key) if req.partition_key else None
+            run = _materialize(selection, month_of, run_config=req.run_config, tags=req.tags)
             echo(f"    run {req.job_name} ({req.run_key}): {'ok' if run.success else 'FAILED'}")
+            for line in failure_lines(run):
+                echo(f"      {line}")
+            if not run.success:
+                return False
     return True
 
 

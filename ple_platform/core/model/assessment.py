@@ -111,7 +111,8 @@ def _lightgbm(raw: dict[str, MonthData], settings: AssessmentSettings, seed: int
 def _vanilla(con, split: TimeSplit, teacher_settings: TeacherSettings, scaled_test: MonthData,
              workdir: Path) -> tuple[dict, dict]:
     settings = TeacherSettings(**{**asdict(teacher_settings), "expert_kind": "mlp"})
-    result = fit_teacher(con, split.model_month, split.train[0], settings, workdir / "vanilla_ple")
+    result = fit_teacher(con, split.model_month, split.train[0], settings, workdir / "vanilla_ple",
+                         progress_label="vanilla PLE")
     model, _ = load_teacher(result.checkpoint)
     preds = predict_month(model, scaled_test).preds
     return preds, {"train_seconds": result.seconds, "samples_per_second": result.samples_per_second,

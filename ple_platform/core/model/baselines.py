@@ -27,6 +27,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
+from ple_platform.core.progress import milestone
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ def train_lightgbm_baselines(X_train, y_train: Mapping[str, Any], X_val, y_val: 
         models[task] = booster
         log.info("lightgbm %s: %d/%d rounds, val %s, %.1fs", task, booster.best_iteration, num_boost_round,
                  dict(booster.best_score.get("val", {})), booster.fit_seconds)
+        milestone("lightgbm baselines", task, len(names), rounds=booster.best_iteration,
+                  seconds=f"{booster.fit_seconds:.1f}")
     return models
 
 

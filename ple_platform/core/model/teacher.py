@@ -84,6 +84,7 @@ def fit_teacher(
     settings: TeacherSettings,
     workdir: Path,
     resume: bool = False,
+    progress_label: str = "teacher",
 ) -> TeacherResult:
     split = time_split(model_month, first_train_month)
     torch.manual_seed(settings.seed)
@@ -95,7 +96,8 @@ def fit_teacher(
     train_cfg = TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=settings.patience)
     t0 = time.perf_counter()
     with torch_threads():
-        model, history = _train(model, data, train_cfg, settings, workdir, resume)
+        model, history = _train(model, data, train_cfg, settings, workdir, resume,
+                                f"{progress_label} {model_month:%Y-%m}")
     seconds = time.perf_counter() - t0
     n_train = len(data.part("train").customer_ids)
     epochs_run = len(history["epochs"])
@@ -104,7 +106,7 @@ def fit_teacher(
     return _result(model, data, settings, split, val, history, seconds, n_train * epochs_run / max(seconds, 1e-9))
 
 
-def _train(model, data, train_cfg, settings, workdir, resume):
+def _train(model, data, train_cfg, settings, workdir, resume, progress_label):
     return train_teacher(
         model,
         data.batches("train", settings.batch_size, seed=settings.seed),
@@ -113,6 +115,8 @@ def _train(model, data, train_cfg, settings, workdir, resume):
         seed=settings.seed,
         checkpoint_dir=workdir,
         resume=resume,
+        progress_label=progress_label,
+        samples_per_epoch=len(data.part("train").customer_ids),
     )
 
 

@@ -34,6 +34,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from ple_platform.core.model.batch import Batch
+from ple_platform.core.progress import Progress
 from ple_platform.core.model.losses import label_mask, multitask_loss
 from ple_platform.core.tasks.spec import TASKS_BY_NAME
 
@@ -199,8 +200,12 @@ def _mean_terms(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def train_teacher(model: nn.Module, train_batches: BatchSource, val_batches: BatchSource | None,
                   config: TrainConfig | None = None, seed: int = 0, checkpoint_dir: str | Path | None = None,
-                  resume: bool = False) -> tuple[nn.Module, dict]:
+                  resume: bool = False, progress_label: str = "teacher",
+                  samples_per_epoch: int | None = None) -> tuple[nn.Module, dict]:
     """Train ``model`` (a ``PLEModel``) and return it with the best validation weights loaded, and the history.
+
+    Each epoch reports progress (samples, samples/s, ETA against ``samples_per_epoch``) as
+    ``"<progress_label> epoch i/n"`` on the progress logger (``core/progress.py``).
 
     ``history = {"epochs": [per-epoch dict of every term], "best_epoch", "best_score", "stopped_early"}``.
     With ``resume=True`` and a ``last.pt`` in ``checkpoint_dir`` training continues after its epoch; without a
@@ -244,8 +249,9 @@ def train_teacher(model: nn.Module, train_batches: BatchSource, val_batches: Bat
             if history["stopped_early"]:
                 break
             seconds_start = time.perf_counter()
+            bar = Progress(f"{progress_label} epoch {epoch + 1}/{cfg.epochs}", samples_per_epoch, "samples")
             rows, n_samples = _train_epoch(model, _batches(train_batches, epoch), optimizers, weights, cfg,
-                                           device, use_amp, loss_kw)
+                                           device, use_amp, loss_kw, bar)
             if not rows:
                 raise ValueError(f"train_batches yielded no batch in epoch {epoch}: pass a re-iterable or f(epoch)")
             seconds = time.perf_counter() - seconds_start
@@ -277,6 +283,7 @@ def train_teacher(model: nn.Module, train_batches: BatchSource, val_batches: Bat
                 bad_epochs += 1
                 history["stopped_early"] = bad_epochs >= cfg.patience
             history["epochs"].append(record)
+            bar.close(val_composite=f"{record.get('val/composite', float('nan')):.4f}")
             log.info("epoch %d: train %.4f composite %.4f (%.0f samples/s)", epoch, record["train/total"],
                      record.get("val/composite", float("nan")), record["samples_per_s"])
 
@@ -298,7 +305,7 @@ def train_teacher(model: nn.Module, train_batches: BatchSource, val_batches: Bat
 
 def _train_epoch(model: nn.Module, batches: Iterable[tuple[Batch, Labels]], optimizers: list[torch.optim.Optimizer],
                  weights, cfg: TrainConfig, device: torch.device, use_amp: bool,
-                 loss_kw: Mapping) -> tuple[list[dict[str, float]], int]:
+                 loss_kw: Mapping, bar: Progress | None = None) -> tuple[list[dict[str, float]], int]:
     """One pass over the training batches; returns every batch's loss terms and the number of samples."""
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -316,7 +323,10 @@ def _train_epoch(model: nn.Module, batches: Iterable[tuple[Batch, Labels]], opti
             for o in optimizers:
                 o.step()
         rows.append(terms)
-        n_samples += next(iter(batch.values())).shape[0]
+        n = next(iter(batch.values())).shape[0]
+        n_samples += n
+        if bar is not None:
+            bar.advance(n)
     return rows, n_samples
 
 

@@ -36,6 +36,7 @@ from ple_platform.core.model.assessment import acquisitions, next_holdings
 from ple_platform.core.model.data import MonthData, load_month, load_months
 from ple_platform.core.model.inference import CheckpointData, load_checkpoint_data, predict_month
 from ple_platform.core.model.teacher import teacher_checkpoint_key
+from ple_platform.core.progress import milestone
 from ple_platform.core.recommend import ranking, reasons
 from ple_platform.core.storage import ArtifactStore, sha256_bytes
 from ple_platform.core.tasks.spec import TASKS
@@ -155,6 +156,7 @@ def explain(students: dict, X: np.ndarray, customer_rows: np.ndarray, products: 
                 if any(set(r.concept_keys) & PROTECTED_CONCEPTS for r in rs):
                     raise RecommendationError(f"a reason for {task} quotes a protected attribute")
             features[i] = json.dumps([r.to_dict() for r in by_lang["en"][j]], sort_keys=True)
+        milestone("recommendation reasons", str(task), len(np.unique(tasks)), rows=len(sel))
     return Explanations(texts, features, n_reasons, n_grounded)
 
 

@@ -30,6 +30,7 @@ from ple_platform.core.governance.registry import ModelBundle, Route, StudentArt
 from ple_platform.core.model.baselines import MANY_CLASS_OVERRIDES
 from ple_platform.core.model.evaluate import evaluate_predictions
 from ple_platform.core.model.teacher import load_teacher
+from ple_platform.core.progress import milestone
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.spec import TASKS, TaskSpec
 from ple_platform.core.warehouse import partition_content_hash
@@ -168,6 +169,8 @@ def build_student_asset(spec: TaskSpec) -> dg.AssetsDefinition:
         governance.audit_log().append(AuditEvent.STUDENT, f"{name}/{month.isoformat()}", {
             "model_sha256": sha, "route": decision["route"],
             "fidelity_passed": passed, "run_id": context.run.run_id})
+        milestone(f"students {month:%Y-%m}", spec.name, len(TASKS), route=decision["route"],
+                  fidelity="n/a" if not applicable else "ok" if passed else "FAILED")
         description = ("fidelity not applicable: DIRECT route (hard-label LightGBM)" if not applicable
                        else "fidelity holds" if passed else "; ".join(fid["failures"]))
         return dg.MaterializeResult(
