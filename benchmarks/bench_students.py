@@ -38,8 +38,8 @@ def main() -> None:
         student_meta_key,
     )
     from ple_platform.core.distillation.dataset import DistillationData
-    from ple_platform.core.governance.registry import Registry
-    from ple_platform.core.governance.store import GovernanceStore
+    from ple_platform.core.governance.promotion.registry import Registry
+    from ple_platform.core.governance.audit.store import GovernanceStore
     from ple_platform.core.settings import Settings
     from ple_platform.core.storage import artifact_store_from_uri
     from ple_platform.defs.training.assets import teacher_checkpoint_key

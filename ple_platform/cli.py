@@ -228,7 +228,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if ok:
             print(f"  recommendations and compliance report for {months[-1]:%Y-%m}")
             ok = materialize_assets(["recommendations", "compliance_report"], months[-1])
-        from ple_platform.core.governance.audit_log import verify_text
+        from ple_platform.core.governance.audit.log import verify_text
 
         registry, audit = _governance()
         champion = registry.champion()
@@ -244,16 +244,16 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def _governance():
-    from ple_platform.core.governance.audit_log import AuditLog, audit_key
-    from ple_platform.core.governance.registry import Registry
-    from ple_platform.core.governance.store import GovernanceStore
+    from ple_platform.core.governance.audit.log import AuditLog, audit_key
+    from ple_platform.core.governance.promotion.registry import Registry
+    from ple_platform.core.governance.audit.store import GovernanceStore
 
     store = GovernanceStore(Settings.from_env().governance_db)
     return Registry(store), AuditLog(store, audit_key())
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from ple_platform.core.governance.audit_log import verify_text
+    from ple_platform.core.governance.audit.log import verify_text
 
     _, audit = _governance()
     result = audit.verify()
@@ -262,7 +262,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    from ple_platform.core.governance.promotion_flow import approve_challenger
+    from ple_platform.core.governance.promotion.flow import approve_challenger
 
     registry, audit = _governance()
     approval_id, evidence = approve_challenger(registry, audit, args.version, args.approver, args.note or "")
@@ -289,7 +289,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
 def cmd_lineage(args: argparse.Namespace) -> int:
     import duckdb
 
-    from ple_platform.core.governance.lineage import render_text, walk
+    from ple_platform.core.governance.audit.lineage import render_text, walk
     from ple_platform.core.storage import artifact_store_from_uri
 
     settings = Settings.from_env()

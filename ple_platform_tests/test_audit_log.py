@@ -15,7 +15,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from ple_platform.core.governance.audit_log import (
+from ple_platform.core.governance.audit.log import (
     DEV_AUDIT_KEY,
     GENESIS_HASH,
     AuditEvent,
@@ -26,8 +26,8 @@ from ple_platform.core.governance.audit_log import (
     audit_key,
     verify_text,
 )
-from ple_platform.core.governance.pseudonymise import MissingSecretError
-from ple_platform.core.governance.store import (
+from ple_platform.core.governance.audit.pseudonymise import MissingSecretError
+from ple_platform.core.governance.audit.store import (
     CanonicalJSONError,
     GovernanceLockTimeout,
     GovernanceStore,

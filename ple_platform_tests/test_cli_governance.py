@@ -3,8 +3,8 @@
 import duckdb
 
 from ple_platform.cli import main
-from ple_platform.core.governance.audit_log import AuditEvent, AuditLog, audit_key
-from ple_platform.core.governance.store import GovernanceStore
+from ple_platform.core.governance.audit.log import AuditEvent, AuditLog, audit_key
+from ple_platform.core.governance.audit.store import GovernanceStore
 
 
 def _log(tmp_path, monkeypatch, n=5):

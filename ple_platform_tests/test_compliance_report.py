@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ple_platform.core.features.spec import EXPERTS, FEATURE_GROUPS
-from ple_platform.core.governance.report import (
+from ple_platform.core.governance.compliance.report import (
     ANNEX_IV_TITLES,
     CONTROLS,
     MODEL_CARD_SECTIONS,
@@ -431,8 +431,8 @@ def test_numpy_values_are_serialised_and_evidence_hash_is_stable():
 
 def test_contract_with_fairness_and_drift_outputs():
     """The dicts of fairness.FairnessResult.to_dict() and drift.drift_table are read as they are produced."""
-    from ple_platform.core.governance.drift import drift_table
-    from ple_platform.core.governance.fairness import age_band, fairness_report
+    from ple_platform.core.governance.compliance.drift import drift_table
+    from ple_platform.core.governance.compliance.fairness import age_band, fairness_report
 
     rng = np.random.default_rng(3)
     n = 3000

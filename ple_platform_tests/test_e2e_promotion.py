@@ -23,7 +23,7 @@ import pytest
 from dagster import AssetKey
 from dagster_graphql import DagsterGraphQLClient
 
-from ple_platform.core.governance.audit_log import AuditEvent
+from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.core.settings import Settings
 from ple_platform.defs.distillation.assets import student_assets
 from ple_platform.defs.resources import build_resources

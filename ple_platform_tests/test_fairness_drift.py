@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ple_platform.core.governance import drift as dr
-from ple_platform.core.governance import fairness as fa
+from ple_platform.core.governance.compliance import drift as dr
+from ple_platform.core.governance.compliance import fairness as fa
 
 
 def two_groups(sel_a: int, sel_b: int, n_a: int = 100, n_b: int = 100) -> tuple[np.ndarray, np.ndarray]:

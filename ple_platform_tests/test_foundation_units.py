@@ -5,7 +5,7 @@ from datetime import date
 import duckdb
 import pytest
 
-from ple_platform.core.governance.pseudonymise import (
+from ple_platform.core.governance.audit.pseudonymise import (
     DEV_KEY,
     MissingSecretError,
     hmac_sql,

@@ -8,11 +8,11 @@ import datetime as dt
 import pytest
 
 from ple_platform.core.data.schema import add_months
-from ple_platform.core.governance.audit_log import AuditEvent, AuditLog
-from ple_platform.core.governance.promotion import PromotionPolicy
-from ple_platform.core.governance.promotion_flow import PromotionFlowError, judge_challenger
-from ple_platform.core.governance.registry import ModelStatus, Registry
-from ple_platform.core.governance.store import GovernanceStore
+from ple_platform.core.governance.audit.log import AuditEvent, AuditLog
+from ple_platform.core.governance.promotion.rules import PromotionPolicy
+from ple_platform.core.governance.promotion.flow import PromotionFlowError, judge_challenger
+from ple_platform.core.governance.promotion.registry import ModelStatus, Registry
+from ple_platform.core.governance.audit.store import GovernanceStore
 from ple_platform_tests.test_registry import make_bundle
 
 M = dt.date

@@ -7,7 +7,7 @@ import shutil
 import dagster as dg
 import pytest
 
-from ple_platform.core.governance.audit_log import AuditEvent
+from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.core.settings import Settings
 from ple_platform.defs.distillation.assets import (
     distillation_dataset,

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from ple_platform.core.governance import fairness as fa
-from ple_platform.core.governance.promotion import (
+from ple_platform.core.governance.compliance import fairness as fa
+from ple_platform.core.governance.promotion.rules import (
     Approval,
     PromotionInputError,
     PromotionPolicy,
@@ -284,7 +284,7 @@ def test_comparisons_from_evaluation_results():
 def test_no_regression_mode_gates_on_the_champion_not_the_floor():
     """Where groups differ in propensity, a floor on who is targeted cannot hold; no_regression rejects only a
     challenger whose lowest AIR falls below the champion's by more than the tolerance."""
-    from ple_platform.core.governance.promotion import PromotionPolicy, TaskComparison, decide
+    from ple_platform.core.governance.promotion.rules import PromotionPolicy, TaskComparison, decide
     from ple_platform.core.tasks.spec import TASKS
 
     tasks = [TaskComparison(t.name, t.primary_metric, t.primary_metric != "mae",

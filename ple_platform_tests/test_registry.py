@@ -10,7 +10,7 @@ import multiprocessing
 
 import pytest
 
-from ple_platform.core.governance.registry import (
+from ple_platform.core.governance.promotion.registry import (
     ApprovalRequiredError,
     BundleConflictError,
     ModelBundle,
@@ -25,7 +25,7 @@ from ple_platform.core.governance.registry import (
     UnknownVersionError,
     evidence_sha256,
 )
-from ple_platform.core.governance.store import GovernanceStore
+from ple_platform.core.governance.audit.store import GovernanceStore
 
 M = dt.date
 

@@ -11,8 +11,8 @@ import pytest
 
 from ple_platform.core.data.schema import INVESTMENT_PRODUCTS, PRODUCT_NAMES, SUITABILITY_PROFILES
 from ple_platform.core.features.spec import FEATURE_GROUPS
-from ple_platform.core.governance import lineage
-from ple_platform.core.governance.audit_log import AuditEvent
+from ple_platform.core.governance.audit import lineage
+from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.core.recommend.glossary import concept_for, format_percent
 from ple_platform.core.recommend.monthly import PROTECTED_COLUMNS, PROTECTED_CONCEPTS, TABLE
 from ple_platform.defs.governance.reports import ComplianceReportConfig, compliance_report

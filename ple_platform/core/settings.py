@@ -43,7 +43,7 @@ class Settings:
     end_month: date
     fit_end_month: date
     duckdb_memory_limit: str  # bounds DuckDB's working memory (it spills to disk beyond it)
-    governance_db: Path  # registry + audit log: a small DuckDB file of its own (see core/governance/store.py)
+    governance_db: Path  # registry + audit log: a small DuckDB file of its own (see core/governance/audit/store.py)
     require_approval: bool  # promotion waits for a human approval record
     promotion_policy: dict  # overrides of PromotionPolicy's rules (JSON in PLE_PROMOTION_POLICY)
 

@@ -12,9 +12,9 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ple_platform.core.data.landing import LandingSource
-from ple_platform.core.governance.audit_log import AuditLog, audit_key
-from ple_platform.core.governance.registry import Registry
-from ple_platform.core.governance.store import GovernanceStore
+from ple_platform.core.governance.audit.log import AuditLog, audit_key
+from ple_platform.core.governance.promotion.registry import Registry
+from ple_platform.core.governance.audit.store import GovernanceStore
 from ple_platform.core.settings import Settings
 from ple_platform.core.storage import ArtifactStore, artifact_store_from_uri
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from datetime import date
 
 from ple_platform.core.distillation.students import Student
-from ple_platform.core.governance.registry import ModelBundle
+from ple_platform.core.governance.promotion.registry import ModelBundle
 from ple_platform.core.storage import ArtifactStore, sha256_bytes
 
 

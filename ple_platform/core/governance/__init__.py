@@ -1,1 +1,1 @@
-"""Governance: pseudonymisation, audit log, registry, fairness, reports."""
+"""Governance: the audit trail (audit/), model promotion (promotion/) and compliance reporting (compliance/)."""

@@ -31,7 +31,7 @@ import pyarrow as pa
 from ple_platform.core.data.schema import PRODUCT_NAMES, PRODUCTS
 from ple_platform.core.distillation.bundle import load_bundle_students, predict_bundle
 from ple_platform.core.features.spec import all_columns
-from ple_platform.core.governance.registry import ModelBundle
+from ple_platform.core.governance.promotion.registry import ModelBundle
 from ple_platform.core.model.assessment import acquisitions, next_holdings
 from ple_platform.core.model.data import MonthData, load_month, load_months
 from ple_platform.core.model.inference import CheckpointData, load_checkpoint_data, predict_month

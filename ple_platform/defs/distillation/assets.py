@@ -25,8 +25,8 @@ from ple_platform.core.distillation.dataset import DistillationData, build_disti
 from ple_platform.core.distillation.fidelity import FidelityThresholds, fidelity
 from ple_platform.core.distillation.students import StudentConfig, fit_task_students
 from ple_platform.core.features.spec import FEATURE_GROUPS
-from ple_platform.core.governance.audit_log import AuditEvent
-from ple_platform.core.governance.registry import ModelBundle, Route, StudentArtifact
+from ple_platform.core.governance.audit.log import AuditEvent
+from ple_platform.core.governance.promotion.registry import ModelBundle, Route, StudentArtifact
 from ple_platform.core.model.baselines import MANY_CLASS_OVERRIDES
 from ple_platform.core.model.evaluate import evaluate_predictions
 from ple_platform.core.model.teacher import load_teacher

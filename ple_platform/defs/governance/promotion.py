@@ -4,7 +4,7 @@ let ``champion_challenger_sensor`` decide, and execute the decision in a promoti
 * ``challenger_evaluation`` (monthly): the new bundle's and the champion's students on the challenger's
   out-of-time month, per task with paired bootstrap CIs, and fairness of targeted customers with deltas.
 * ``champion_challenger_sensor``: reads new evaluations after its own cursor, applies the promotion rules
-  (``core/governance/promotion.py``), records every decision with its reasons in the registry and the audit log,
+  (``core/governance/promotion/rules.py``), records every decision with its reasons in the registry and the audit log,
   shows rejections on the evaluation's asset page, and launches ``promote_challenger`` once per challenger
   (``run_key``). Challengers awaiting approval are re-checked each tick until an approval arrives.
 * ``champion_model``: materialized by the promotion run; re-reads the recorded decision (no force path).
@@ -21,12 +21,12 @@ import dagster as dg
 
 from ple_platform.core.distillation.bundle import distillation_dataset_key, load_bundle_students, predict_bundle
 from ple_platform.core.distillation.dataset import DistillationData
-from ple_platform.core.governance.audit_log import AuditEvent
-from ple_platform.core.governance.challenger import evaluate_challenger
-from ple_platform.core.governance.fairness import protected_groups
-from ple_platform.core.governance.promotion import PromotionPolicy
-from ple_platform.core.governance.registry import ModelStatus
-from ple_platform.core.governance.promotion_flow import (
+from ple_platform.core.governance.audit.log import AuditEvent
+from ple_platform.core.governance.promotion.challenger import evaluate_challenger
+from ple_platform.core.governance.compliance.fairness import protected_groups
+from ple_platform.core.governance.promotion.rules import PromotionPolicy
+from ple_platform.core.governance.promotion.registry import ModelStatus
+from ple_platform.core.governance.promotion.flow import (
     PromotionFlowError,
     approve_challenger,
     comparable_out_of_time,

@@ -1,7 +1,7 @@
 """Monthly outputs of the serving champion (group ``governance``): ``recommendations`` and ``compliance_report``.
 
 Thin wiring: scoring, ranking and reasons live in ``core/recommend/monthly.py``; the report's evidence in
-``core/governance/evidence.py`` and its rendering in ``core/governance/report.py``. Here: the champion lookup,
+``core/governance/compliance/evidence.py`` and its rendering in ``core/governance/compliance/report.py``. Here: the champion lookup,
 the warehouse write, the batch summary in the artifact store, one audit entry per batch / report, and metadata.
 """
 
@@ -12,10 +12,10 @@ from datetime import date
 import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
-from ple_platform.core.governance import report as rpt
-from ple_platform.core.governance.audit_log import AuditEvent, AuditIntegrityError
-from ple_platform.core.governance.evidence import EvidenceError, EvidenceSettings, collect_evidence
-from ple_platform.core.governance.pseudonymise import KEY_ENV_VAR
+from ple_platform.core.governance.compliance import report as rpt
+from ple_platform.core.governance.audit.log import AuditEvent, AuditIntegrityError
+from ple_platform.core.governance.compliance.evidence import EvidenceError, EvidenceSettings, collect_evidence
+from ple_platform.core.governance.audit.pseudonymise import KEY_ENV_VAR
 from ple_platform.core.recommend.monthly import (
     LANGS,
     TABLE,

@@ -14,7 +14,7 @@ from ple_platform.core.data import raw_checks
 from ple_platform.core.data.landing import validated_month
 from ple_platform.core.data.schema import RAW_TABLES, TABLE_SCHEMAS
 from ple_platform.core.data.validation import RawDataError
-from ple_platform.core.governance.pseudonymise import hmac_sql, pseudonymisation_key
+from ple_platform.core.governance.audit.pseudonymise import hmac_sql, pseudonymisation_key
 from ple_platform.core.warehouse import (
     duckdb_type,
     ensure_raw_table,
@@ -24,7 +24,7 @@ from ple_platform.core.warehouse import (
     replace_partition,
 )
 from ple_platform.defs.partitions import MONTHLY
-from ple_platform.core.governance.audit_log import AuditEvent
+from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.defs.resources import GovernanceResource, LandingZoneResource, WarehouseResource
 
 WAREHOUSE_POOL = "duckdb_warehouse"

@@ -37,8 +37,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ple_platform.core.governance.pseudonymise import MissingSecretError
-from ple_platform.core.governance.store import GovernanceStore, as_utc, canonical_json, utc_now
+from ple_platform.core.governance.audit.pseudonymise import MissingSecretError
+from ple_platform.core.governance.audit.store import GovernanceStore, as_utc, canonical_json, utc_now
 
 AUDIT_KEY_ENV_VAR = "PLE_AUDIT_KEY"
 # Demo-only default (public in the source: it proves nothing). Refused when PLE_ENV=prod.

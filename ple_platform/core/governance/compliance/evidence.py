@@ -22,11 +22,11 @@ from ple_platform.core.data.schema import RAW_TABLES
 from ple_platform.core.distillation.bundle import distillation_dataset_key, load_bundle_students, predict_bundle
 from ple_platform.core.distillation.dataset import DistillationData
 from ple_platform.core.features.spec import FEATURE_GROUPS, all_columns
-from ple_platform.core.governance import report as rpt
-from ple_platform.core.governance.audit_log import AuditLog
-from ple_platform.core.governance.drift import drift_table
-from ple_platform.core.governance.fairness import fairness_report, protected_groups
-from ple_platform.core.governance.registry import Registry
+from ple_platform.core.governance.compliance import report as rpt
+from ple_platform.core.governance.audit.log import AuditLog
+from ple_platform.core.governance.compliance.drift import drift_table
+from ple_platform.core.governance.compliance.fairness import fairness_report, protected_groups
+from ple_platform.core.governance.promotion.registry import Registry
 from ple_platform.core.model.data import LABEL_TABLE, load_month, month_customer_ids
 from ple_platform.core.recommend.monthly import TABLE, registered_teacher, summary_key, training_months
 from ple_platform.core.storage import ArtifactStore

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ple_platform.core.governance.audit_log import AuditEvent, AuditLog
-from ple_platform.core.governance.promotion import Approval, PromotionPolicy, comparisons_from_evaluation, decide
-from ple_platform.core.governance.registry import (
+from ple_platform.core.governance.audit.log import AuditEvent, AuditLog
+from ple_platform.core.governance.promotion.rules import Approval, PromotionPolicy, comparisons_from_evaluation, decide
+from ple_platform.core.governance.promotion.registry import (
     ModelBundle,
     PromotionKind,
     Registry,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ple_platform.core.governance.fairness import (
+from ple_platform.core.governance.compliance.fairness import (
     PROTECTED_ATTRIBUTES,
     fairness_report,
     selection_from_scores,

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ple_platform.core.governance.fairness import FAIL, INSUFFICIENT, MISSING, PASS, PROTECTED_ATTRIBUTES
+from ple_platform.core.governance.compliance.fairness import FAIL, INSUFFICIENT, MISSING, PASS, PROTECTED_ATTRIBUTES
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
 
 Outcome = Literal["bootstrap", "promote", "reject", "await_approval"]

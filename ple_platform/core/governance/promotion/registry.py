@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ple_platform.core.governance.store import GovernanceStore, as_utc, canonical_json, utc_now
+from ple_platform.core.governance.audit.store import GovernanceStore, as_utc, canonical_json, utc_now
 from ple_platform.core.tasks.spec import TASKS_BY_NAME
 
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")

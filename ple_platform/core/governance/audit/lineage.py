@@ -30,8 +30,8 @@ import duckdb
 
 from ple_platform.core.data.schema import RAW_TABLES
 from ple_platform.core.distillation.bundle import student_model_key
-from ple_platform.core.governance.audit_log import AuditEvent, AuditLog
-from ple_platform.core.governance.registry import ModelBundle, Registry, UnknownVersionError
+from ple_platform.core.governance.audit.log import AuditEvent, AuditLog
+from ple_platform.core.governance.promotion.registry import ModelBundle, Registry, UnknownVersionError
 from ple_platform.core.model.teacher import teacher_checkpoint_key
 from ple_platform.core.storage import ArtifactStore, sha256_bytes
 from ple_platform.core.warehouse import partition_content_hash

@@ -1,0 +1,1 @@
+"""Audit trail: pseudonymisation, the governance store, the HMAC-chained audit log and lineage walks."""

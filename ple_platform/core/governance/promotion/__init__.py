@@ -1,0 +1,1 @@
+"""Promotion: the model registry, the promotion rules, the champion-challenger flow and challenger evaluation."""
