@@ -63,8 +63,9 @@ def materialize_groups(groups: list[str], months: list[date], echo=print) -> boo
     """
     import dagster as dg
 
-    from ple_platform.definitions import defs
+    from ple_platform.definitions import load_definitions
 
+    defs = load_definitions()
     instance = dg.DagsterInstance.get()
     assets = list(defs.assets or [])
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -111,8 +112,9 @@ def _model_run_config() -> dict:
 def materialize_assets(keys: list[str], month: date, echo=print) -> bool:
     import dagster as dg
 
-    from ple_platform.definitions import defs
+    from ple_platform.definitions import load_definitions
 
+    defs = load_definitions()
     t0 = time.perf_counter()
     result = dg.materialize(list(defs.assets or []), selection=keys, partition_key=month.isoformat(),
                             instance=dg.DagsterInstance.get(), resources=defs.resources, raise_on_error=False,
@@ -132,9 +134,10 @@ def run_model_chain(months: list[date], echo=print) -> bool:
     champion_challenger_sensor evaluation the daemon runs, with its promotion runs executed here."""
     import dagster as dg
 
-    from ple_platform.definitions import defs
+    from ple_platform.definitions import load_definitions
     from ple_platform.defs.governance.promotion import champion_challenger_sensor
 
+    defs = load_definitions()
     instance = dg.DagsterInstance.get()
     assets = list(defs.assets or [])
     chain = dg.AssetSelection.groups("training", "distillation") | dg.AssetSelection.assets("challenger_evaluation")
