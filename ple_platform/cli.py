@@ -98,8 +98,10 @@ def failure_lines(result) -> list[str]:
 def _materialize(selection, month: date | None, run_config: dict | None = None, tags: dict | None = None):
     import dagster as dg
 
-    from ple_platform.definitions import defs
+    from ple_platform.definitions import load_definitions
     from ple_platform.progress_view import terminal_progress
+
+    defs = load_definitions()
 
     config = {**(run_config or {}), **QUIET_LOGGERS}
     with terminal_progress():
@@ -165,9 +167,10 @@ def run_model_chain(months: list[date], echo=print) -> bool:
     champion_challenger_sensor evaluation the daemon runs, with its promotion runs executed here."""
     import dagster as dg
 
-    from ple_platform.definitions import defs
+    from ple_platform.definitions import load_definitions
     from ple_platform.defs.governance.promotion import champion_challenger_sensor
 
+    defs = load_definitions()
     instance = dg.DagsterInstance.get()
     chain = dg.AssetSelection.groups("training", "distillation") | dg.AssetSelection.assets("challenger_evaluation")
     cursor = None

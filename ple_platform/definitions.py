@@ -1,6 +1,11 @@
-"""The one ``Definitions`` object of ple-platform (loaded by workspace.yaml and ``dagster dev``)."""
+"""The one ``Definitions`` object of ple-platform (loaded by ``dg``, workspace.yaml and ``dagster dev``).
+
+Every asset, check, job and sensor is discovered under ``ple_platform/defs/``; resources are added here from
+one place (``defs/resources.py``), chosen by the environment.
+"""
 
 import warnings
+from pathlib import Path
 
 # Two deliberate uses of non-GA Dagster APIs, silenced by exact message only (everything else still warns):
 # partitioned asset checks (per-month check results) and allow_nonexistent_upstream_partitions (warm-up
@@ -11,23 +16,15 @@ warnings.filterwarnings("ignore", message="Parameter `allow_nonexistent_upstream
 import dagster as dg  # noqa: E402
 
 from ple_platform.core.settings import Settings  # noqa: E402
-from ple_platform.defs.distillation.assets import distillation_dataset, model_bundle, student_assets  # noqa: E402
-from ple_platform.defs.features.assets import feature_assets  # noqa: E402
-from ple_platform.defs.governance.promotion import (  # noqa: E402
-    champion_challenger_sensor,
-    governance_assets,
-    governance_jobs,
-)
-from ple_platform.defs.governance.reports import report_assets  # noqa: E402
-from ple_platform.defs.labels.assets import task_labels  # noqa: E402
-from ple_platform.defs.raw.assets import raw_assets  # noqa: E402
 from ple_platform.defs.resources import build_resources  # noqa: E402
-from ple_platform.defs.training.assets import ple_teacher, teacher_evaluation  # noqa: E402
 
-defs = dg.Definitions(
-    assets=[*raw_assets, *feature_assets, task_labels, ple_teacher, teacher_evaluation, distillation_dataset,
-            *student_assets, model_bundle, *governance_assets, *report_assets],
-    jobs=governance_jobs,
-    sensors=[champion_challenger_sensor],
-    resources=build_resources(Settings.from_env()),
-)
+
+def load_definitions() -> dg.Definitions:
+    """Load the definitions folder and bind the resources of the current environment."""
+    found = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    return dg.Definitions.merge(found, dg.Definitions(resources=build_resources(Settings.from_env())))
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return load_definitions()

@@ -162,3 +162,8 @@ def served_platform(tmp_path_factory, pipeline_data, landing_dir):
                "result": result}
     finally:
         instance.dispose()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-definitions-snapshot", action="store_true", default=False,
+                     help="rewrite ple_platform_tests/data/definitions_snapshot.json from the current definitions")

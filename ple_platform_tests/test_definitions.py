@@ -8,8 +8,10 @@ from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
 from ple_platform.core.tasks.spec import TASKS
-from ple_platform.definitions import defs
+from ple_platform.definitions import load_definitions
 from ple_platform.defs.partitions import MONTHLY
+
+defs = load_definitions()
 
 
 def _specs_by_group():

@@ -16,7 +16,6 @@ import duckdb
 import numpy as np
 
 from ple_platform.core.features.spec import all_columns
-from ple_platform.core.model.inference import load_checkpoint_data, predict_month
 from ple_platform.core.tasks.spec import TASKS
 
 PARTS = ("train", "validation", "test")
@@ -72,6 +71,8 @@ class DistillationData:
 
 def build_distillation_data(con: duckdb.DuckDBPyConnection, checkpoint: bytes) -> DistillationData:
     """Raw matrices, labels and teacher predictions of the checkpoint's train, validation and test months."""
+    from ple_platform.core.model.inference import load_checkpoint_data, predict_month  # torch: only when building
+
     data = load_checkpoint_data(con, checkpoint, PARTS)
     parts = {}
     for name in PARTS:

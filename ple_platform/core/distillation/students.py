@@ -43,15 +43,17 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
-import lightgbm as lgb
 import numpy as np
 
 from ple_platform.core.model.baselines import _labelled, predict_lightgbm, task_params
 from ple_platform.core.model.evaluate import evaluate_predictions
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
+
+if TYPE_CHECKING:  # imported where used: lightgbm pulls scipy and scikit-learn (seconds at import)
+    import lightgbm as lgb
 
 log = logging.getLogger(__name__)
 
@@ -364,6 +366,8 @@ def _dataset_params(config: StudentConfig) -> dict[str, Any]:
 
 def _dataset(X: np.ndarray, names: Sequence[str], params: Mapping[str, Any],
              reference: lgb.Dataset | None = None) -> lgb.Dataset:
+    import lightgbm as lgb
+
     return lgb.Dataset(X, label=np.zeros(len(X)), params=dict(params), feature_name=list(names),
                        reference=reference, free_raw_data=True).construct()
 
@@ -445,6 +449,8 @@ class Student:
             if sha != self.model_sha256:
                 raise StudentIntegrityError(f"{self.task}: model text sha256 {sha[:12]}… differs from the "
                                             f"recorded {self.model_sha256[:12]}…; refusing to load it")
+            import lightgbm as lgb
+
             self._cache["booster"] = lgb.Booster(model_str=self.model_str)
         return self._cache["booster"]
 
@@ -533,6 +539,8 @@ def _best(booster: lgb.Booster) -> int:
 
 def _fit(params: dict[str, Any], train_parent: lgb.Dataset, val_parent: lgb.Dataset, targets: BlendedTargets,
          iv: np.ndarray, yv: np.ndarray, rounds: int, early_stopping_rounds: int) -> lgb.Booster:
+    import lightgbm as lgb
+
     train = train_parent.subset(targets.rows, params=params).construct()
     train.set_label(targets.label)  # after construct: a subset copies its parent's placeholder labels when built
     if targets.weight is not None:

@@ -22,13 +22,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 import numpy as np
 
 from ple_platform.core.progress import milestone
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
+
+if TYPE_CHECKING:  # imported where used: lightgbm pulls scipy and scikit-learn (seconds at import)
+    import lightgbm as lgb
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,8 @@ def train_lightgbm_baselines(X_train, y_train: Mapping[str, Any], X_val, y_val: 
     ds_params = task_params(names[0], params, seed, num_threads)
     ds_kw = dict(feature_name=list(feature_names) if feature_names is not None else "auto",
                  categorical_feature=categorical_feature)
+    import lightgbm as lgb
+
     full_train = lgb.Dataset(X_train, label=np.zeros(len(X_train)), params=ds_params, free_raw_data=True,
                              **ds_kw).construct()
     full_val = lgb.Dataset(X_val, label=np.zeros(len(X_val)), reference=full_train, params=ds_params,

@@ -13,30 +13,27 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
-import torch
 
-from ple_platform.core.model.data import TeacherData
-from ple_platform.core.model.ple import PLEConfig, PLEModel
-from ple_platform.core.model.train import TrainConfig, evaluate, train_teacher
 from ple_platform.core.runtime import torch_threads
 from ple_platform.core.tasks.split import TimeSplit, time_split
+from ple_platform.core.versioning import source_version
 
-MODEL_SOURCES = ("ple.py", "losses.py", "train.py", "data.py", "teacher.py", "batch.py")
+if TYPE_CHECKING:  # torch and the model modules load where a model is built: they cost seconds at import
+    import duckdb
+
+    from ple_platform.core.model.ple import PLEConfig, PLEModel
+
+# The modules whose source defines the teacher (the experts package: all its modules); order fixes the hash.
+MODEL_SOURCES = tuple(f"ple_platform.core.model.{m}" for m in ("ple", "losses", "train", "data", "teacher", "batch",
+                                                                "experts"))
 
 
 def code_version() -> str:
     """Hash of the model's source files: a new version exactly when the teacher's code changes."""
-    root = Path(__file__).parent
-    h = hashlib.sha256()
-    for name in MODEL_SOURCES:
-        h.update((root / name).read_bytes())
-    for path in sorted((root / "experts").glob("*.py")):
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
+    return source_version(*MODEL_SOURCES)
 
 
 def teacher_checkpoint_key(month: date, sha256: str | None = None) -> str:
@@ -59,6 +56,8 @@ class TeacherSettings:
     model: dict = field(default_factory=dict)  # extra PLEConfig fields
 
     def ple_config(self) -> PLEConfig:
+        from ple_platform.core.model.ple import PLEConfig
+
         return PLEConfig(expert_kind=self.expert_kind, **self.model)  # type: ignore[arg-type]
 
 
@@ -86,6 +85,12 @@ def fit_teacher(
     resume: bool = False,
     progress_label: str = "teacher",
 ) -> TeacherResult:
+    import torch
+
+    from ple_platform.core.model.data import TeacherData
+    from ple_platform.core.model.ple import PLEModel
+    from ple_platform.core.model.train import TrainConfig, evaluate
+
     split = time_split(model_month, first_train_month)
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
@@ -107,6 +112,8 @@ def fit_teacher(
 
 
 def _train(model, data, train_cfg, settings, workdir, resume, progress_label):
+    from ple_platform.core.model.train import train_teacher
+
     return train_teacher(
         model,
         data.batches("train", settings.batch_size, seed=settings.seed),
@@ -121,6 +128,8 @@ def _train(model, data, train_cfg, settings, workdir, resume, progress_label):
 
 
 def _result(model, data, settings, split, val, history, seconds, samples_per_second) -> TeacherResult:
+    import torch
+
     payload = {
         "format": "ple-teacher/1",
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -145,6 +154,10 @@ def _result(model, data, settings, split, val, history, seconds, samples_per_sec
 
 def load_teacher(checkpoint: bytes) -> tuple[PLEModel, dict]:
     """Rebuild the model from checkpoint bytes (weights only: no code is unpickled)."""
+    import torch
+
+    from ple_platform.core.model.ple import PLEConfig, PLEModel
+
     payload = torch.load(io.BytesIO(checkpoint), weights_only=True)
     model = PLEModel(PLEConfig.from_dict(json.loads(payload["config"])))
     model.load_state_dict(payload["model_state"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING
 
 import duckdb
 import numpy as np
@@ -32,15 +33,16 @@ from ple_platform.core.data.schema import PRODUCT_NAMES, PRODUCTS
 from ple_platform.core.distillation.bundle import load_bundle_students, predict_bundle
 from ple_platform.core.features.spec import all_columns
 from ple_platform.core.governance.promotion.registry import ModelBundle
-from ple_platform.core.model.assessment import acquisitions, next_holdings
-from ple_platform.core.model.data import MonthData, load_month, load_months
-from ple_platform.core.model.inference import CheckpointData, load_checkpoint_data, predict_month
 from ple_platform.core.model.teacher import teacher_checkpoint_key
 from ple_platform.core.progress import milestone
 from ple_platform.core.recommend import ranking, reasons
 from ple_platform.core.storage import ArtifactStore, sha256_bytes
 from ple_platform.core.tasks.spec import TASKS
 from ple_platform.core.warehouse import customer_attributes, partition_content_hash, replace_partition
+
+if TYPE_CHECKING:  # the model modules bring torch: imported where a month is scored, not at definitions load
+    from ple_platform.core.model.data import MonthData
+    from ple_platform.core.model.inference import CheckpointData
 
 TABLE = "governance.recommendations"
 TOP_K = 7
@@ -75,6 +77,8 @@ def registered_teacher(con: duckdb.DuckDBPyConnection, store: ArtifactStore, bun
     if sha256_bytes(checkpoint) != bundle.teacher_sha256:
         raise RecommendationError(f"teacher checkpoint {key} differs from the registered sha256 of "
                                   f"{bundle.version}; refusing to use it")
+    from ple_platform.core.model.inference import load_checkpoint_data
+
     return load_checkpoint_data(con, checkpoint, parts=())
 
 
@@ -85,12 +89,16 @@ def training_months(con: duckdb.DuckDBPyConnection, bundle: ModelBundle, teacher
     if max_rows is not None:
         cap = max(1, max_rows // len(bundle.train_months))
         per_month = min(per_month, cap) if per_month else cap
+    from ple_platform.core.model.data import load_months
+
     return load_months(con, list(bundle.train_months), labels=False, max_customers=per_month,
                        sample_seed=teacher.settings.seed)
 
 
 def fit_priors(con: duckdb.DuckDBPyConnection, train: MonthData) -> ranking.ProductPriors:
     """Within-group acquisition shares from the bundle's training months (t -> t+1 holdings)."""
+    from ple_platform.core.model.assessment import acquisitions, next_holdings
+
     known, held, acquired = acquisitions(train.holdings, next_holdings(con, train))
     if not known.any():
         raise RecommendationError("no training-month customer is observed at t+1: cannot fit product priors")
@@ -175,6 +183,9 @@ def recommend_month(con: duckdb.DuckDBPyConnection, store: ArtifactStore, bundle
                     month: date) -> RecommendationBatch:
     """Top-7 products per customer of ``month`` from ``bundle``'s students, with reasons (see module doc)."""
     students = load_bundle_students(store, bundle)
+    from ple_platform.core.model.data import load_month
+    from ple_platform.core.model.inference import predict_month
+
     md = load_month(con, month, labels=False)
     if md.n_rows == 0:
         raise RecommendationError(f"no customers with features at {month:%Y-%m}")

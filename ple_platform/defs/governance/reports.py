@@ -12,9 +12,7 @@ from datetime import date
 import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
-from ple_platform.core.governance.compliance import report as rpt
 from ple_platform.core.governance.audit.log import AuditEvent, AuditIntegrityError
-from ple_platform.core.governance.compliance.evidence import EvidenceError, EvidenceSettings, collect_evidence
 from ple_platform.core.governance.audit.pseudonymise import KEY_ENV_VAR
 from ple_platform.core.recommend.monthly import (
     LANGS,
@@ -115,6 +113,10 @@ def compliance_report(context: dg.AssetExecutionContext, config: ComplianceRepor
                       governance: GovernanceResource) -> dg.MaterializeResult:
     """Model card, EU AI Act Annex IV and the FSS/AI Basic Act checklist of month t, from evidence only
     (absent evidence reads "missing evidence"); HTML with plots + JSON, audit-logged."""
+    # The evidence loader and renderer bring torch and matplotlib: loaded per run, not with the definitions.
+    from ple_platform.core.governance.compliance import report as rpt
+    from ple_platform.core.governance.compliance.evidence import EvidenceError, EvidenceSettings, collect_evidence
+
     month = date.fromisoformat(context.partition_key)
     store = artifacts.store()
     settings = Settings.from_env()

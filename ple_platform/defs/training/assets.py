@@ -13,7 +13,6 @@ from pathlib import Path
 import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
-from ple_platform.core.model.assessment import AssessmentSettings, assess_teacher, gates_markdown, results_markdown
 from ple_platform.core.model.teacher import TeacherSettings, code_version, fit_teacher, teacher_checkpoint_key
 from ple_platform.core.settings import Settings
 from ple_platform.core.storage import sha256_bytes
@@ -133,6 +132,9 @@ def teacher_evaluation(context: dg.AssetExecutionContext, config: EvaluationRunC
                        artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
     """Out-of-time test month (t-1): the teacher vs per-task LightGBM on the same 1,211 features vs a vanilla
     PLE with MLP experts, with bootstrap CIs, MAP@7 of the product ranking, gate entropy and gate faithfulness."""
+    # torch, LightGBM and scikit-learn load here, not when the definitions load
+    from ple_platform.core.model.assessment import AssessmentSettings, assess_teacher, gates_markdown, results_markdown
+
     month = date.fromisoformat(context.partition_key)
     store = artifacts.store()
     key = teacher_checkpoint_key(month)

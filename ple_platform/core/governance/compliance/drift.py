@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.special import kolmogorov
 
 PSI_WARN = 0.1
 PSI_ALERT = 0.25
@@ -159,6 +158,8 @@ def ks(reference: Any, current: Any) -> tuple[float, float]:
     d = float(np.abs(np.searchsorted(a, x, side="right") / len(a)
                      - np.searchsorted(b, x, side="right") / len(b)).max())
     en = len(a) * len(b) / (len(a) + len(b))
+    from scipy.special import kolmogorov  # scipy loads in ~1 s: only when a KS p-value is computed
+
     return d, float(kolmogorov(math.sqrt(en) * d))
 
 
