@@ -116,6 +116,7 @@ def _train(model, data, train_cfg, settings, workdir, resume):
         seed=settings.seed,
         checkpoint_dir=workdir,
         resume=resume,
+        train_labels=data.part("train").labels,
     )
 
 

@@ -41,7 +41,7 @@ class TeacherRunConfig(dg.Config):
 
 
 def _md_metrics(metrics: dict[str, float]) -> str:
-    rows = [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if "/" in k or k == "composite"]
+    rows = [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if "/" in k or k in ("composite", "mean_binary_auc")]
     return "| validation metric | value |\n|---|---|\n" + "\n".join(rows)
 
 
@@ -91,6 +91,8 @@ def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, war
             "scaler_hash": str(result.data_summary["scaler_hash"]),
             "epochs_run": len(result.history["epochs"]),
             "best_epoch": result.history["best_epoch"],
+            "selection_metric": result.history["selection_metric"],
+            "best_validation_score": result.history["best_score"],
             "train_seconds": round(result.seconds, 1),
             "samples_per_second": round(result.samples_per_second, 1),
             "validation": dg.MetadataValue.md(_md_metrics(result.metrics)),
