@@ -57,7 +57,7 @@ def spend_at(batch: dict[str, torch.Tensor], row: int, code: int, amount: float 
 @pytest.mark.parametrize("b", [2, 64])
 def test_hgcn_shapes_finite_and_grads(b):
     torch.manual_seed(0)
-    model = HGCNExpert(out_dim=24)
+    model = HGCNExpert(out_dim=24, n_layers=2)  # a stack: every layer must get gradient
     batch = make_batch(b)
     batch["txn_seq"][0] = -1.0  # a customer without transactions pools to the origin
     out = model(batch)

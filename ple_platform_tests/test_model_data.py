@@ -19,6 +19,7 @@ from ple_platform.core.data.taxonomy import mcc_hierarchy
 from ple_platform.core.features.spec import CATEGORICAL_COLUMNS, FEATURE_GROUPS, LAG_LENGTH, all_columns, group
 from ple_platform.core.model.batch import DIAGRAM_MASK_KEY, DIAGRAMS_KEY, HOLDINGS_KEY, SEQ_KEY
 from ple_platform.core.model.data import (
+    CLIP,
     GROUP_SLICES,
     FeatureScaler,
     MissingDataError,
@@ -26,6 +27,7 @@ from ple_platform.core.model.data import (
     load_month,
     load_months,
     subsample_customers,
+    dropped_columns,
     unscaled_columns,
 )
 from ple_platform.core.tasks.spec import TASKS
@@ -285,17 +287,21 @@ def test_standardised_train_columns_and_untouched_codes(warehouse, teacher):
     np.testing.assert_array_equal(train.customer_ids, raw.customer_ids)
     skip = unscaled_columns()
     cols = all_columns()
-    scaled = np.array([c not in skip for c in cols])
-    np.testing.assert_array_equal(teacher.scaler.scaled, scaled)
-    assert (~scaled).sum() == len(CATEGORICAL_COLUMNS) + 2 * LAG_LENGTH
+    scaled = teacher.scaler.scaled
+    # Codes are never scaled; 0/1 flag columns (e.g. the holdings) are left as 0/1 too.
+    assert not scaled[[cols.index(c) for c in skip]].any() and (~scaled).sum() > len(skip)
+    dropped = np.isin(cols, sorted(dropped_columns()))
     for g in FEATURE_GROUPS:
         x, r = train.group(g.name).astype(np.float64), raw.group(g.name)
         s = scaled[GROUP_SLICES[g.name]]
-        varying = s & (r.std(axis=0) > 1e-3)
+        # Standardised exactly where nothing was log-compressed or clipped.
+        plain = s & ~teacher.scaler.log[GROUP_SLICES[g.name]] & (np.abs(x) < CLIP - 1e-3).all(axis=0)
+        varying = plain & (r.std(axis=0) > 1e-3)
         np.testing.assert_allclose(x[:, varying].mean(axis=0), 0.0, atol=1e-4)
         np.testing.assert_allclose(x[:, varying].std(axis=0), 1.0, rtol=1e-3)
-        np.testing.assert_array_equal(x[:, ~s], r[:, ~s])  # codes and lag mcc/hour: bit-identical
-        constant = s & ~varying
+        keep = ~s & ~dropped[GROUP_SLICES[g.name]]
+        np.testing.assert_array_equal(x[:, keep], r[:, keep])  # codes and flags: bit-identical
+        constant = s & (r.std(axis=0) <= 1e-3)
         assert np.isfinite(x).all() and (np.abs(x[:, constant]) < 1e-3).all()
     # The constant column is centred, not divided by a tiny std (a later deviation must not explode).
     gmm = GROUP_SLICES["gmm_clustering"]
@@ -330,7 +336,7 @@ def test_txn_seq_padding_stays_minus_one(teacher):
         assert ((seq[:, :, 3] == -1) == pad).all()
         np.testing.assert_array_equal(seq, d.txn_seq)
         lag = batch["txn_lag_tensor"].numpy().reshape(-1, LAG_LENGTH, 4)
-        np.testing.assert_array_equal(lag[:, :, [1, 3]], seq[:, :, [1, 3]])  # codes + sentinel kept
+        assert (lag[:, :, [1, 3]] == 0).all()  # codes never enter the tabular view as magnitudes
         assert not np.allclose(lag[:, :, 0], seq[:, :, 0])  # amounts standardised
 
 

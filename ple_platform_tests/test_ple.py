@@ -215,7 +215,7 @@ def test_masking_an_expert_changes_outputs_but_not_gates():
 # ------------------------------------------------------------------------------------------------ losses
 
 
-def test_focal_loss_is_the_focal_formula_and_is_what_binary_tasks_use():
+def test_binary_tasks_use_bce_by_default_and_focal_on_request():
     z = torch.tensor([-3.0, -0.5, 0.0, 0.7, 2.5, 4.0], dtype=torch.float64)
     y = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0, 1.0], dtype=torch.float64)
     alpha, gamma = 0.25, 2.0
@@ -227,10 +227,14 @@ def test_focal_loss_is_the_focal_formula_and_is_what_binary_tasks_use():
     bce = F.binary_cross_entropy_with_logits(z, y, reduction="none").numpy()
     assert np.abs(got - bce).max() > 0.1
     np.testing.assert_allclose(focal_loss(z, y, gamma=0.0, alpha=None).numpy(), bce, rtol=1e-10)
-    # Through the multitask loss: the binary task term is the focal mean, not BCE.
+    # Through the multitask loss: BCE by default, the focal mean when asked for.
     _, terms = multitask_loss({"churn_signal": z.float()}, {"churn_signal": y.float()})
+    assert terms["loss/churn_signal"] == pytest.approx(bce.mean(), rel=1e-5)
+    _, terms = multitask_loss({"churn_signal": z.float()}, {"churn_signal": y.float()}, binary_loss="focal",
+                              focal_alpha=alpha, focal_gamma=gamma)
     assert terms["loss/churn_signal"] == pytest.approx(hand.mean(), rel=1e-5)
-    assert abs(terms["loss/churn_signal"] - bce.mean()) > 0.1
+    with pytest.raises(ValueError, match="binary_loss"):
+        multitask_loss({"churn_signal": z.float()}, {"churn_signal": y.float()}, binary_loss="hinge")
 
 
 def test_missing_labels_contribute_zero_loss_and_zero_gradient():

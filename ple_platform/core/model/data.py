@@ -6,8 +6,11 @@
   ``labels.task_labels`` (float64, NaN = undefined). Everything is columnar (DuckDB -> Arrow -> numpy); several
   months are written straight into one pre-allocated set of arrays (``load_months``), so concatenating twelve
   training months never holds two copies.
-* ``FeatureScaler`` is fitted on training months only (float64 two-pass mean/std per column, std floor) and
-  standardises every column except integer codes (see ``unscaled_columns``).
+* ``FeatureScaler`` is fitted on training months only and *conditions* the columns for a network: signed log1p on
+  amount-like columns (training |values| > ``LOG_MAGNITUDE``), float64 mean/std (std floor), clip to +-``CLIP``;
+  0/1 flags and integer codes (``unscaled_columns``) pass unchanged, the lag tensor's MCC/hour codes are zeroed in
+  the tabular view (``dropped_columns``: they enter through ``txn_seq``, embedded). The same fitted scaler (its
+  arrays travel in the teacher checkpoint) transforms training, evaluation, distillation and scoring rows.
 * ``TeacherData.from_split(con, split)`` loads the train / validation / test / score parts of a ``TimeSplit``,
   fits the scaler on train only and serves ``batches(part, ...)``: ``f(epoch)`` yielding
   ``(Batch, labels)`` as ``train_teacher`` expects (``ple_platform.core.model.batch`` is the contract).
@@ -53,6 +56,8 @@ LABEL_TABLE = "labels.task_labels"
 DIAGRAM_KINDS = ("global", "local")  # kind code = index: 0 = global Rips, 1 = local cubical
 MAX_DIAGRAM_POINTS = 64
 STD_FLOOR = 1e-4  # a column whose training std is below this is centred only (std 1), never blown up
+CLIP = 5.0  # conditioned columns are clipped to +-5 training std: a heavy tail cannot reach |z| ~ 150
+LOG_MAGNITUDE = 20.0  # a non-flag column whose training |values| exceed this is amount-like: signed log1p first
 # Channels of the lag tensor that are integer codes with -1 = padding (kept raw in the standardised group).
 UNSCALED_LAG_CHANNELS = ("mcc", "hour")
 PARTS = ("train", "validation", "test", "score")
@@ -84,6 +89,16 @@ def unscaled_columns() -> frozenset[str]:
     """
     lag = {f"lag_{c}_{i:03d}" for i in range(1, LAG_LENGTH + 1) for c in UNSCALED_LAG_CHANNELS}
     return frozenset(CATEGORICAL_COLUMNS) | frozenset(lag)
+
+
+def dropped_columns() -> frozenset[str]:
+    """The lag tensor's MCC index and hour columns: codes, never magnitudes. The tabular view zeroes them; they
+    reach the model through ``txn_seq``, where the temporal, HGCN and OT experts embed or bucket them."""
+    return frozenset(f"lag_{c}_{i:03d}" for i in range(1, LAG_LENGTH + 1) for c in UNSCALED_LAG_CHANNELS)
+
+
+def _signed_log1p(x: np.ndarray) -> np.ndarray:
+    return np.sign(x) * np.log1p(np.abs(x))
 
 
 def _offsets() -> dict[str, slice]:
@@ -439,7 +454,7 @@ class FeatureScaler:
     """
 
     def __init__(self, mean: np.ndarray, std: np.ndarray, scaled: np.ndarray, n_rows: int,
-                 std_floor: float = STD_FLOOR):
+                 std_floor: float = STD_FLOOR, log: np.ndarray | None = None, clip: float = CLIP):
         k = len(all_columns())
         mean, std, scaled = np.asarray(mean, np.float64), np.asarray(std, np.float64), np.asarray(scaled, bool)
         if mean.shape != (k,) or std.shape != (k,) or scaled.shape != (k,):
@@ -447,14 +462,27 @@ class FeatureScaler:
                              f"got {mean.shape}, {std.shape}, {scaled.shape}")
         if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
             raise ValueError("scaler mean/std must be finite and std > 0")
-        self.mean, self.std, self.scaled = mean, std, scaled
+        log = np.zeros(k, bool) if log is None else np.asarray(log, bool)
+        if log.shape != (k,) or (log & ~scaled).any():
+            raise ValueError(f"scaler log mask must have shape ({k},) and mark scaled columns only")
+        if not clip > 0:
+            raise ValueError(f"scaler clip must be > 0, got {clip}")
+        self.mean, self.std, self.scaled, self.log, self.clip = mean, std, scaled, log, float(clip)
         self.n_rows, self.std_floor = int(n_rows), float(std_floor)
         self._mean32 = {g: mean[s].astype(np.float32) for g, s in GROUP_SLICES.items()}
         self._std32 = {g: std[s].astype(np.float32) for g, s in GROUP_SLICES.items()}
+        self._log_idx = {g: np.flatnonzero(log[s]) for g, s in GROUP_SLICES.items()}
+        bound = np.where(scaled, self.clip, np.inf).astype(np.float32)
+        self._bounds32 = {g: (-bound[s], bound[s]) for g, s in GROUP_SLICES.items()}
+        dropped = np.array([c in dropped_columns() for c in all_columns()])
+        self._drop_idx = {g: np.flatnonzero(dropped[s]) for g, s in GROUP_SLICES.items()}
 
     @classmethod
-    def fit(cls, months: Sequence[MonthData], std_floor: float = STD_FLOOR, chunk_rows: int = 4096) -> FeatureScaler:
-        """Fit on raw (unstandardised) training data; two passes in float64 over row chunks (bounded memory)."""
+    def fit(cls, months: Sequence[MonthData], std_floor: float = STD_FLOOR, chunk_rows: int = 4096,
+            clip: float = CLIP) -> FeatureScaler:
+        """Fit on raw (unstandardised) training data in float64 over row chunks (bounded memory): one pass finds
+        the 0/1 flag columns and the amount-like ones (``LOG_MAGNITUDE``), two more give mean/std of the
+        (log-)values."""
         months = list(months)
         if any(md.standardised for md in months):
             raise ValueError("FeatureScaler.fit needs raw MonthData, got standardised data")
@@ -464,6 +492,7 @@ class FeatureScaler:
         skip = unscaled_columns()
         cols = all_columns()
         scaled = np.array([c not in skip for c in cols])
+        log = np.zeros(len(cols), bool)
         mean, std = np.zeros(len(cols)), np.ones(len(cols))
 
         def chunks(name):
@@ -473,25 +502,54 @@ class FeatureScaler:
 
         for g in FEATURE_GROUPS:
             sl = GROUP_SLICES[g.name]
+            binary, ones, zeros, peak = np.ones(g.dim, bool), np.zeros(g.dim, bool), np.zeros(g.dim, bool), np.zeros(g.dim)
+            for x in chunks(g.name):
+                binary &= ((x == 0) | (x == 1)).all(axis=0)
+                ones |= (x == 1).any(axis=0)
+                zeros |= (x == 0).any(axis=0)
+                peak = np.maximum(peak, np.abs(x).max(axis=0, initial=0.0))
+            # 0/1 flags stay 0/1; a column constant on the training months is not a flag (it is centred and
+            # clipped, so a value it first takes later cannot enter raw).
+            keep = scaled[sl] & ~(binary & ones & zeros)
+            scaled[sl] = keep
+            log[sl] = keep & (peak > LOG_MAGNITUDE)
+            g_log = np.flatnonzero(log[sl])
+
+            def values(x, g_log=g_log):
+                x = x.astype(np.float64)
+                x[:, g_log] = _signed_log1p(x[:, g_log])
+                return x
+
             total = np.zeros(g.dim)
             for x in chunks(g.name):
-                total += x.sum(axis=0, dtype=np.float64)
+                total += values(x).sum(axis=0)
             mu = total / n
             sq = np.zeros(g.dim)
             for x in chunks(g.name):
-                sq += np.square(x.astype(np.float64) - mu).sum(axis=0)
+                sq += np.square(values(x) - mu).sum(axis=0)
             sd = np.sqrt(sq / n)
             sd = np.where(sd < std_floor, 1.0, sd)
-            keep = scaled[sl]
             mean[sl] = np.where(keep, mu, 0.0)
             std[sl] = np.where(keep, sd, 1.0)
-        return cls(mean, std, scaled, n, std_floor)
+        return cls(mean, std, scaled, n, std_floor, log=log, clip=clip)
 
     def transform_group(self, name: str, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Standardised float32 copy of a group's (n, dim) values (or written into ``out``, which may be ``x``)."""
+        """Conditioned float32 copy of a group's (n, dim) values (or written into ``out``, which may be ``x``):
+        signed log1p on amount-like columns, standardise, clip to +-``clip``; flags and codes pass unchanged,
+        except the lag tensor's MCC/hour codes, which are zeroed (``DROPPED_LAG_CHANNELS``)."""
         out = np.empty(x.shape, np.float32) if out is None else out
-        np.subtract(x, self._mean32[name], out=out)
+        if out is not x:
+            out[...] = x
+        idx = self._log_idx[name]
+        if len(idx):
+            out[:, idx] = _signed_log1p(out[:, idx])
+        np.subtract(out, self._mean32[name], out=out)
         np.divide(out, self._std32[name], out=out)
+        lo, hi = self._bounds32[name]
+        np.clip(out, lo, hi, out=out)
+        drop = self._drop_idx[name]
+        if len(drop):
+            out[:, drop] = 0.0
         return out
 
     def transform(self, md: MonthData, inplace: bool = False) -> MonthData:
@@ -507,25 +565,29 @@ class FeatureScaler:
     def to_arrays(self) -> dict[str, np.ndarray]:
         """Plain numpy arrays (safetensors-ready): mean, std (float64), scaled (uint8), n_rows, std_floor."""
         return {"mean": self.mean.copy(), "std": self.std.copy(), "scaled": self.scaled.astype(np.uint8),
+                "log": self.log.astype(np.uint8), "clip": np.array([self.clip]),
                 "n_rows": np.array([self.n_rows], np.int64), "std_floor": np.array([self.std_floor])}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> FeatureScaler:
         return cls(np.asarray(arrays["mean"]), np.asarray(arrays["std"]), np.asarray(arrays["scaled"]).astype(bool),
                    int(np.asarray(arrays["n_rows"]).reshape(-1)[0]),
-                   float(np.asarray(arrays.get("std_floor", [STD_FLOOR])).reshape(-1)[0]))
+                   float(np.asarray(arrays.get("std_floor", [STD_FLOOR])).reshape(-1)[0]),
+                   log=np.asarray(arrays["log"]).astype(bool) if "log" in arrays else None,
+                   clip=float(np.asarray(arrays.get("clip", [np.inf])).reshape(-1)[0]))
 
     @property
     def content_hash(self) -> str:
         """SHA-256 of the column names and the fitted arrays: equal hashes = identical standardisation."""
         h = hashlib.sha256("\n".join(all_columns()).encode())
-        for a in (self.mean, self.std, self.scaled.astype(np.uint8)):
+        for a in (self.mean, self.std, self.scaled.astype(np.uint8), self.log.astype(np.uint8)):
             h.update(np.ascontiguousarray(a).tobytes())
-        h.update(f"{self.n_rows}|{self.std_floor!r}".encode())
+        h.update(f"{self.n_rows}|{self.std_floor!r}|{self.clip!r}".encode())
         return h.hexdigest()
 
     def __repr__(self) -> str:
         return (f"FeatureScaler(n_rows={self.n_rows}, scaled={int(self.scaled.sum())}/{len(self.scaled)}, "
+                f"log={int(self.log.sum())}, clip={self.clip}, "
                 f"hash={self.content_hash[:12]})")
 
 

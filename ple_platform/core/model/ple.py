@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -300,6 +301,17 @@ class PLEModel(nn.Module):
             outputs[t.name] = y if t.kind == "multiclass" else y.squeeze(-1)
         aux = sum(aux_terms.values(), compact.new_zeros(()))
         return ModelOutput(outputs=outputs, gates=gates, aux_loss=aux, aux_terms=aux_terms)
+
+    @torch.no_grad()
+    def set_output_priors(self, priors: Mapping[str, np.ndarray]) -> None:
+        """Start each task head at its constant predictor (``losses.output_priors``) instead of p = 0.5 / uniform
+        classes / 0: the bias is the prior and the head's weights are shrunk 100x, so the initial predictions
+        barely vary across customers and no task starts with a loss (and gradient) far above its baseline."""
+        for name, prior in priors.items():
+            if name in self.towers:
+                head = self.towers[name][-1]
+                head.bias.copy_(torch.as_tensor(np.asarray(prior), dtype=head.bias.dtype).reshape(head.bias.shape))
+                head.weight.mul_(0.01)
 
     # ------------------------------------------------------------------------------------------------------
 

@@ -44,9 +44,12 @@ def teacher_checkpoint_key(month: date, sha256: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class TeacherSettings:
-    """Run-level knobs (demo vs benchmark vs production)."""
+    """Run-level knobs (demo vs benchmark vs production).
 
-    max_customers_per_month: int | None = 1500
+    ``max_customers_per_month=None`` (default) trains on every eligible customer of every month; an integer is an
+    explicit, recorded sample (the same customers each month, picked by ``seed``) for quick experiments."""
+
+    max_customers_per_month: int | None = None
     epochs: int = 3
     batch_size: int = 256
     lr: float = 1e-3
@@ -124,6 +127,7 @@ def _train(model, data, train_cfg, settings, workdir, resume, progress_label):
         resume=resume,
         progress_label=progress_label,
         samples_per_epoch=len(data.part("train").customer_ids),
+        train_labels=data.part("train").labels,
     )
 
 

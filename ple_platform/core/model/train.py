@@ -5,9 +5,13 @@ composite, per-epoch checkpoints that resume bit-for-bit.
   log-variances are not decayed) and ``geoopt.optim.RiemannianAdam`` over manifold parameters (HGCN's Poincaré
   node embeddings), without weight decay: a Euclidean step or decay would treat the ball as flat.
 * **Schedule.** Per-epoch learning-rate factor: optional linear warm-up, then cosine from 1 to ``min_lr_ratio``.
-* **Early stopping** on the validation composite = mean over tasks of binary AUC, multiclass accuracy and
-  regression -MAE (tasks whose metric is undefined on the validation set are left out). Never on a validation
-  loss: with learned log-variances the loss moves when the weights move (reference defect 22).
+* **Loss**: BCE for binary tasks (``binary_loss="focal"`` optional), every task loss divided by the square root
+  of its constant-predictor loss on the training labels and the heads started at that constant predictor
+  (``losses`` module docstring: otherwise a few multiclass and regression tasks take most of the gradient).
+* **Model selection / early stopping** on ``selection_metric`` (default ``mean_binary_auc`` over the binary
+  tasks, which regression errors cannot dominate; ``composite`` = mean of binary AUC, multiclass accuracy and
+  regression -MAE is the alternative); recorded in the history. Never on a validation loss: with learned
+  log-variances the loss moves when the weights move (reference defect 22).
 * **Checkpoints** (``checkpoint_dir/last.pt`` every epoch, ``best.pt`` on improvement): plain dicts of tensors
   and numbers (``torch.load(weights_only=True)`` reads them; no module pickling): model and optimiser/scheduler
   state, epoch, history, early-stopping state, the best weights so far and every RNG state, so a resumed run
@@ -34,8 +38,8 @@ from scipy.stats import rankdata
 from torch import nn
 
 from ple_platform.core.model.batch import Batch
+from ple_platform.core.model.losses import label_mask, loss_normalisers, multitask_loss, output_priors
 from ple_platform.core.progress import Progress
-from ple_platform.core.model.losses import label_mask, multitask_loss
 from ple_platform.core.tasks.spec import TASKS_BY_NAME
 
 log = logging.getLogger(__name__)
@@ -56,9 +60,13 @@ class TrainConfig:
     grad_clip: float = 5.0
     patience: int = 4  # epochs without a composite improvement > min_delta
     min_delta: float = 1e-4
+    binary_loss: str = "bce"  # or "focal"
     focal_gamma: float = 2.0
-    focal_alpha: float | None = 0.25
+    focal_alpha: float | None = None  # class weight of the focal loss; 0.25 (Lin et al.) down-weights rare positives
     huber_delta: float = 1.0
+    normalise_tasks: bool = True  # divide each task loss by sqrt(its constant-predictor loss on the training labels)
+    prior_init: bool = True  # start every head at the constant predictor
+    selection_metric: str = "mean_binary_auc"  # or "composite"
     task_weights: dict[str, float] | None = None  # fixed weights, used when the model has no uncertainty weighting
     device: str = "auto"  # "auto" = CUDA when available, else CPU
     amp: bool = True  # bf16 autocast, CUDA only
@@ -102,6 +110,8 @@ def validation_metrics(outputs: Mapping[str, torch.Tensor], labels: Mapping[str,
         if math.isfinite(score):
             parts.append(score)
     out["composite"] = float(np.mean(parts)) if parts else float("nan")
+    aucs = [v for k, v in out.items() if k.startswith("auc/") and math.isfinite(v)]
+    out["mean_binary_auc"] = float(np.mean(aucs)) if aucs else float("nan")
     return out
 
 
@@ -200,18 +210,26 @@ def _mean_terms(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def train_teacher(model: nn.Module, train_batches: BatchSource, val_batches: BatchSource | None,
                   config: TrainConfig | None = None, seed: int = 0, checkpoint_dir: str | Path | None = None,
-                  resume: bool = False, progress_label: str = "teacher",
-                  samples_per_epoch: int | None = None) -> tuple[nn.Module, dict]:
+                  resume: bool = False, train_labels: Mapping[str, np.ndarray] | None = None,
+                  progress_label: str = "teacher", samples_per_epoch: int | None = None) -> tuple[nn.Module, dict]:
     """Train ``model`` (a ``PLEModel``) and return it with the best validation weights loaded, and the history.
 
-    Each epoch reports progress (samples, samples/s, ETA against ``samples_per_epoch``) as
-    ``"<progress_label> epoch i/n"`` on the progress logger (``core/progress.py``).
-
-    ``history = {"epochs": [per-epoch dict of every term], "best_epoch", "best_score", "stopped_early"}``.
+    ``train_labels`` ({task: all training labels}) fit the loss normalisers and head priors; without them they
+    are read from one pass over ``train_batches``. Each epoch reports progress (samples, samples/s, ETA against
+    ``samples_per_epoch``) as ``"<progress_label> epoch i/n"`` on the progress logger (``core/progress.py``).
+    ``history = {"epochs": [per-epoch dict of every term], "best_epoch", "best_score", "stopped_early",
+    "selection_metric", "task_norms"}``.
     With ``resume=True`` and a ``last.pt`` in ``checkpoint_dir`` training continues after its epoch; without a
     checkpoint it starts fresh.
     """
     cfg = config or TrainConfig()
+    if cfg.selection_metric not in ("mean_binary_auc", "composite"):
+        raise ValueError(f"selection_metric must be 'mean_binary_auc' or 'composite', got {cfg.selection_metric!r}")
+    loss_kw = dict(binary_loss=cfg.binary_loss, focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha,
+                   huber_delta=cfg.huber_delta)
+    if (cfg.normalise_tasks or cfg.prior_init) and train_labels is None:
+        train_labels = _collect_labels(_batches(train_batches, 0))
+    task_norms = loss_normalisers(train_labels, **loss_kw) if cfg.normalise_tasks else None
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     model.to(device)
     optimizers = build_optimizers(model, cfg)
@@ -223,7 +241,8 @@ def train_teacher(model: nn.Module, train_batches: BatchSource, val_batches: Bat
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-    history: dict = {"epochs": [], "best_epoch": None, "best_score": None, "stopped_early": False}
+    history: dict = {"epochs": [], "best_epoch": None, "best_score": None, "stopped_early": False,
+                     "selection_metric": cfg.selection_metric, "task_norms": task_norms}
     best_state: dict[str, torch.Tensor] | None = None
     bad_epochs, start = 0, 0
     last = ckpt_dir / "last.pt" if ckpt_dir is not None else None
@@ -240,8 +259,9 @@ def train_teacher(model: nn.Module, train_batches: BatchSource, val_batches: Bat
         log.info("resumed from %s after epoch %d", last, ck["epoch"])
     else:
         seed_everything(seed)
-
-    loss_kw = dict(focal_gamma=cfg.focal_gamma, focal_alpha=cfg.focal_alpha, huber_delta=cfg.huber_delta)
+        if cfg.prior_init and callable(getattr(model, "set_output_priors", None)):
+            model.set_output_priors(output_priors(train_labels, cfg.huber_delta))
+    loss_kw["normalisers"] = task_norms
     # TorchScript (geoopt's Poincaré maths) swaps in an optimised graph after the first calls, which changes
     # results in the last bit: a resumed process would then diverge from an uninterrupted one.
     with torch.jit.optimized_execution(not cfg.deterministic):
@@ -269,7 +289,7 @@ def train_teacher(model: nn.Module, train_batches: BatchSource, val_batches: Bat
             if val_batches is not None:
                 record.update({f"val/{k}": v for k, v in evaluate(model, val_batches, epoch, device, use_amp,
                                                                   weights, loss_kw).items()})
-                score = record["val/composite"]
+                score = record[f"val/{cfg.selection_metric}"]
             else:
                 score = -record["train/total"]
             best = history["best_score"]
@@ -330,6 +350,14 @@ def _train_epoch(model: nn.Module, batches: Iterable[tuple[Batch, Labels]], opti
     return rows, n_samples
 
 
+def _collect_labels(batches: Iterable[tuple[Batch, Labels]]) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
+    for _, labels in batches:
+        for k, v in labels.items():
+            parts.setdefault(k, []).append(v.detach().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
 def _model_config(model: nn.Module) -> dict | None:
     cfg = getattr(model, "config", None)
     return cfg.to_dict() if hasattr(cfg, "to_dict") else None
@@ -353,7 +381,7 @@ def evaluate(model: nn.Module, batches: BatchSource, epoch: int = 0, device: tor
             labs.setdefault(k, []).append(v.cpu())
         aux.append(float(out.aux_loss))
     if not outs:
-        return {"composite": float("nan")}
+        return {"composite": float("nan"), "mean_binary_auc": float("nan")}
     outputs = {k: torch.cat(v) for k, v in outs.items()}
     labels = {k: torch.cat(v) for k, v in labs.items()}
     _, terms = multitask_loss(_to(outputs, device), _to(labels, device), weights=weights,

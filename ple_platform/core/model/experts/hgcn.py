@@ -85,7 +85,9 @@ class HGCNExpert(nn.Module):
         *,
         embed_dim: int = 16,
         hidden_dim: int = 32,
-        n_layers: int = 2,
+        # One layer by default: the spend signal is already summed up the tree (every node carries its subtree),
+        # and a second Möbius layer over (B, 148, hidden) tripled the expert's CPU cost.
+        n_layers: int = 1,
         mlp_hidden: int = 128,
         dropout: float = 0.1,
         curvature: float = 1.0,

@@ -6,7 +6,7 @@ The reference project's temporal expert was fed the 2-D routed feature slice as 
 
 Structure::
 
-    txn_seq --tokenize (chronological, batch-trimmed, left padding)--+
+    txn_seq --newest seq_len events (default 32), tokenize (chronological, batch-trimmed, left padding)--+
         (a) Mamba branch:  MambaEncoder from core/features/mamba.py (its token embedding, residual
                            RMSNorm + MambaBlock stack, masked mean pool + newest state)          -> d_branch
         (b) patch branch:  PatchTST-style: events grouped into patches of ``patch_len`` aligned to the
@@ -184,8 +184,14 @@ class TemporalEnsemble(nn.Module):
                  d_model: int = 32, d_state: int = 8, mamba_expand: int = 2, mamba_layers: int = 1,
                  patch_len: int = 10, patch_layers: int = 2, n_heads: int = 4, ltc_hidden: int = 32,
                  ltc_unfolds: int = 3, d_branch: int = 64, hidden: int = 128, dropout: float = 0.1,
-                 max_len: int = LAG_LENGTH):
+                 max_len: int = LAG_LENGTH, seq_len: int | None = 32):
         super().__init__()
+        if seq_len is not None and not 1 <= seq_len <= max_len:
+            raise ValueError(f"temporal expert: seq_len must be in 1..{max_len} or None, got {seq_len}")
+        # The branches read only the newest ``seq_len`` events: the Mamba scan and the LTC loop are sequential,
+        # so their cost grows with the length (200 events cost ~7x 32 on CPU), while the older events still
+        # reach the expert summarised in the static groups (txn_behavior, mamba_temporal).
+        self.seq_len = seq_len
         self.n_mcc = _default_n_mcc() if n_mcc is None else int(n_mcc)
         self.static_groups = tuple(g for g in router.groups_for("temporal") if g.name != LAG_GROUP)
         static_dim = sum(g.dim for g in self.static_groups)
@@ -204,6 +210,8 @@ class TemporalEnsemble(nn.Module):
 
     def branch_outputs(self, batch: Batch) -> list[torch.Tensor]:
         seqs = batch[SEQ_KEY].float()
+        if self.seq_len is not None:
+            seqs = seqs[:, : self.seq_len]  # most recent first: the newest events of every row
         tok = tokenize(seqs, self.n_mcc)  # one chronological, batch-trimmed view shared by all branches
         gap, recency = raw_time(seqs, tok)
         e = self.tokens(tok)
