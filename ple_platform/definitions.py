@@ -19,6 +19,7 @@ from ple_platform.defs.governance.promotion import (  # noqa: E402
     governance_jobs,
 )
 from ple_platform.defs.governance.reports import report_assets  # noqa: E402
+from ple_platform.defs.governance.serving import serving_assets  # noqa: E402
 from ple_platform.defs.labels.assets import task_labels  # noqa: E402
 from ple_platform.defs.raw.assets import raw_assets  # noqa: E402
 from ple_platform.defs.resources import build_resources  # noqa: E402
@@ -26,7 +27,8 @@ from ple_platform.defs.training.assets import ple_teacher, teacher_evaluation  #
 
 defs = dg.Definitions(
     assets=[*raw_assets, *feature_assets, task_labels, ple_teacher, teacher_evaluation, distillation_dataset,
-            *student_assets, model_bundle, *governance_assets, *report_assets],
+            *student_assets, model_bundle, *governance_assets, *report_assets,
+            *serving_assets],
     jobs=governance_jobs,
     sensors=[champion_challenger_sensor],
     resources=build_resources(Settings.from_env()),
