@@ -298,3 +298,16 @@ def test_a_corrupted_student_is_refused_at_reload_and_the_old_state_keeps_servin
         path.write_bytes(original)
     assert server.client.post("/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
     assert server.audit.verify().ok
+
+
+def test_lineage_of_a_served_request_reaches_the_raw_partitions(server, platform):
+    from ple_platform.core.governance import lineage
+
+    r = server.post({"customer_id": platform["batch_ids"][3], "fresh": True}).json()
+    with duckdb.connect(platform["settings"].warehouse_path, read_only=True) as con:
+        chain = lineage.walk(server.registry, server.audit, con, server.store, r["request_id"])
+    rec = chain["recommendation"]
+    assert rec["request_id"] == r["request_id"] and rec["bundle_sha256_matches_registry"] is True
+    assert [p for p, _ in rec["items"]] == [i["product"] for i in r["items"]]
+    assert chain["months"]["scored"] == M6 and chain["raw_partitions"]
+    assert f"served request {r['request_id']}" in lineage.render_text(chain)
