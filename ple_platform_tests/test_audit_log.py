@@ -250,9 +250,10 @@ def test_bad_event_subject_or_actor_is_refused(store):
 
 
 def test_entries_filter_by_event_and_subject(store):
-    log = _filled(store, 13)  # 11 event types, so ingest and feature_fit appear twice
-    assert [e.seq for e in log.entries(event="ingest")] == [1, 12]
-    assert [e.seq for e in log.entries(event=AuditEvent.FEATURE_FIT, subject="subject-12")] == [13]
+    n = len(AuditEvent)
+    log = _filled(store, n + 2)  # one entry per event type, then ingest and feature_fit a second time
+    assert [e.seq for e in log.entries(event="ingest")] == [1, n + 1]
+    assert [e.seq for e in log.entries(event=AuditEvent.FEATURE_FIT, subject=f"subject-{n + 1}")] == [n + 2]
     assert log.entries(subject="nobody") == []
 
 
