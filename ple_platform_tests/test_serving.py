@@ -311,3 +311,35 @@ def test_lineage_of_a_served_request_reaches_the_raw_partitions(server, platform
     assert [p for p, _ in rec["items"]] == [i["product"] for i in r["items"]]
     assert chain["months"]["scored"] == M6 and chain["raw_partitions"]
     assert f"served request {r['request_id']}" in lineage.render_text(chain)
+
+
+def test_ui_page_shows_the_top_k_with_reasons_and_lineage_in_a_real_browser(server, platform):
+    """Playwright + Debian's chromium (as test_browser.py): look a customer up in Korean on /ui."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from ple_platform_tests.test_browser import CHROMIUM, LAUNCH_ARGS
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)")
+    cid = platform["batch_ids"][5]
+    expected = server.post({"customer_id": cid, "lang": "ko"}).json()["items"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{server.url}/ui")
+            expect(page.locator("#model")).to_contain_text(server.registry.champion().version, timeout=20_000)
+            page.fill("#cid", cid)
+            page.select_option("#lang", "ko")
+            page.click("#go")
+            rows = page.locator("tr.item")
+            expect(rows).to_have_count(len(expected), timeout=20_000)
+            first = rows.nth(0).locator("td")
+            assert first.nth(1).inner_text() == expected[0]["product"]
+            assert first.nth(4).inner_text() == expected[0]["reason"]  # the Korean reason text
+            assert "month 2015-06-01" in first.nth(5).inner_text() and "batch id" in first.nth(5).inner_text()
+            page.fill("#cid", "no-such-customer")
+            page.click("#go")
+            expect(page.locator("#meta")).to_contain_text("404 unknown_customer", timeout=20_000)
+        finally:
+            browser.close()
