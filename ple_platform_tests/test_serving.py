@@ -343,3 +343,19 @@ def test_ui_page_shows_the_top_k_with_reasons_and_lineage_in_a_real_browser(serv
             expect(page.locator("#meta")).to_contain_text("404 unknown_customer", timeout=20_000)
         finally:
             browser.close()
+
+
+def test_serving_controls_become_evidence_only_once_the_server_exercised_them(server, platform, tmp_path):
+    from ple_platform.core.governance.audit_log import AuditLog
+    from ple_platform.core.governance.store import GovernanceStore
+    from ple_platform.core.serving.evidence import serving_control_evidence
+
+    assert serving_control_evidence(AuditLog(GovernanceStore(tmp_path / "g.duckdb"), b"k")) == {}  # the control
+    server.post({"customer_id": platform["batch_ids"][0]})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    server.client.post("/admin/kill-switch", json={"on": True}, headers=auth)
+    server.client.post("/admin/kill-switch", json={"on": False}, headers=auth)
+    ev = serving_control_evidence(server.audit)
+    assert ev["kill_switch_available"] is True and ev["kill_switch_engaged"] is False
+    assert ev["opt_out_supported"] is True  # the opt-out test served a fallback
+    assert ev["ai_disclosure"] is True and ev["served_responses"] == len(server.audit.entries(event=AuditEvent.SERVED))

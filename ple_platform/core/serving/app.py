@@ -371,7 +371,7 @@ def create_app(loader: Callable[[], ServingState], audit: AuditLog, *, fingerpri
             seq = batcher.submit(AuditEvent.SERVED, f"request/{request_id}", {
                 "customer_id": req.customer_id, "source": out["source"], "version": state.version,
                 "bundle_sha256": state.bundle.bundle_sha256, "snapshot_sha256": state.snapshot_sha256,
-                "month": out["month"], "k": req.k, "lang": req.lang,
+                "month": out["month"], "k": req.k, "lang": req.lang, "ai_disclosure": bool(out["ai_disclosure"]),
                 "items": [[i["product"], round(i["score"], 6)] for i in out["items"]]})
         except AuditUnavailable as err:
             metrics.inc("audit_unavailable")
