@@ -359,3 +359,26 @@ def test_serving_controls_become_evidence_only_once_the_server_exercised_them(se
     assert ev["kill_switch_available"] is True and ev["kill_switch_engaged"] is False
     assert ev["opt_out_supported"] is True  # the opt-out test served a fallback
     assert ev["ai_disclosure"] is True and ev["served_responses"] == len(server.audit.entries(event=AuditEvent.SERVED))
+
+
+def test_schema_fuzz_from_the_openapi_document_finds_no_5xx(server, platform):
+    """schemathesis, bounded: 40 valid + 40 schema-violating cases per operation, against the real server."""
+    import hypothesis
+    import schemathesis
+
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    ops = [r.ok() for r in schema.get_all_operations()]
+    assert {op.path for op in ops} >= {"/v1/recommendations", "/admin/reload", "/admin/kill-switch", "/v1/model"}
+    statuses: list[int] = []
+    for op in ops:
+        for mode in schemathesis.GenerationMode:
+            @hypothesis.settings(max_examples=40, deadline=None, database=None, derandomize=True,
+                                 suppress_health_check=list(hypothesis.HealthCheck))
+            @hypothesis.given(case=op.as_strategy(generation_mode=mode))
+            def fuzz(case):
+                r = case.call(base_url=server.url)
+                statuses.append(r.status_code)
+                assert r.status_code < 500, f"{case.method} {case.path} {case.body!r} -> {r.status_code} {r.text}"
+            fuzz()
+    assert len(statuses) > 100 and {422, 401} <= set(statuses)
+    assert server.audit.verify().ok
