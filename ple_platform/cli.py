@@ -303,6 +303,27 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ple_platform.core.serving.app import create_app
+    from ple_platform.core.serving.state import current_pointer, load_state
+    from ple_platform.core.storage import artifact_store_from_uri
+
+    settings = Settings.from_env()
+    registry, audit = _governance()
+    store = artifact_store_from_uri(settings.artifacts_uri, settings.s3_endpoint_url)
+
+    def fingerprint():
+        champion = registry.champion()
+        return (champion.version if champion else None, (current_pointer(store) or {}).get("meta_sha256"))
+
+    app = create_app(lambda: load_state(registry, store), audit, fingerprint=fingerprint,
+                     poll_interval_s=args.poll_seconds)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ple-platform", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -343,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     li = sub.add_parser("lineage", help="trace a recommendation or a model version back to its data and runs")
     li.add_argument("ident", help="recommendation id or model version")
     li.set_defaults(func=cmd_lineage)
+
+    sv = sub.add_parser("serve", help="serve recommendations over HTTP from the champion's serving snapshot")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8080)
+    sv.add_argument("--poll-seconds", type=float, default=10.0,
+                    help="how often to check the registry for a new champion or snapshot (0: only /admin/reload)")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 

@@ -250,9 +250,10 @@ def test_bad_event_subject_or_actor_is_refused(store):
 
 
 def test_entries_filter_by_event_and_subject(store):
-    log = _filled(store, 13)  # 11 event types, so ingest and feature_fit appear twice
-    assert [e.seq for e in log.entries(event="ingest")] == [1, 12]
-    assert [e.seq for e in log.entries(event=AuditEvent.FEATURE_FIT, subject="subject-12")] == [13]
+    n = len(AuditEvent)
+    log = _filled(store, n + 2)  # one entry per event type, then ingest and feature_fit a second time
+    assert [e.seq for e in log.entries(event="ingest")] == [1, n + 1]
+    assert [e.seq for e in log.entries(event=AuditEvent.FEATURE_FIT, subject=f"subject-{n + 1}")] == [n + 2]
     assert log.entries(subject="nobody") == []
 
 
@@ -283,3 +284,24 @@ def test_store_lock_times_out_when_another_holder_keeps_it(store):
     finally:
         os.close(fd)
     assert AuditLog(store, KEY).verify().n_entries == 1
+
+
+def test_append_many_group_commits_one_contiguous_chain(store):
+    log = _filled(store, 2)
+    items = [(AuditEvent.SERVED, f"request/{i}", {"i": i}, "serving") for i in range(300)]
+    out = log.append_many(items)
+    assert [e.seq for e in out] == list(range(3, 303))
+    assert out[0].prev_hash == log.entries()[1].hash and out[-1].prev_hash == out[-2].hash
+    assert log.verify().ok and log.verify().n_entries == 302
+    log.append(AuditEvent.REPORT, "after", {})  # the head moved with the group: single appends continue it
+    assert log.verify().ok and log.entries()[-1].seq == 303
+    assert log.append_many([]) == []
+
+
+def test_append_many_is_all_or_nothing(store):
+    log = _filled(store, 1)
+    with pytest.raises(AuditLogError, match="unknown audit event"):
+        log.append_many([(AuditEvent.SERVED, "ok", {}, "serving"), ("nonsense", "bad", {}, "serving")])
+    with pytest.raises(CanonicalJSONError):
+        log.append_many([(AuditEvent.SERVED, "ok", {}, "serving"), (AuditEvent.SERVED, "bad", {"x": object()}, "s")])
+    assert len(log.entries()) == 1 and log.verify().ok

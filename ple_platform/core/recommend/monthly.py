@@ -21,6 +21,7 @@ The scores themselves are unchanged; fairness of the outcome is monitored in the
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING
@@ -130,9 +131,10 @@ class Explanations:
 
 
 def explain(students: dict, X: np.ndarray, customer_rows: np.ndarray, products: np.ndarray,
-            gates: dict[str, dict[str, np.ndarray]]) -> Explanations:
-    """Reasons (en, ko) per recommendation row (customer row, product), one ``predict_contrib`` per task."""
-    names = all_columns()
+            gates: dict[str, dict[str, np.ndarray]], names: Sequence[str] | None = None) -> Explanations:
+    """Reasons (en, ko) per recommendation row (customer row, product), one ``predict_contrib`` per task.
+    ``names``: the columns of ``X`` (default all features; the server passes its snapshot's column subset)."""
+    names = all_columns() if names is None else list(names)
     pos = {c: i for i, c in enumerate(names)}
     n = len(customer_rows)
     texts = {lang: np.empty(n, dtype=object) for lang in LANGS}

@@ -2,7 +2,7 @@
 
 ``walk(registry, audit, con, store, ident)`` reads only recorded facts and recomputes what can be recomputed:
 
-    recommendation (warehouse ``governance.recommendations``)
+    recommendation (warehouse ``governance.recommendations``, or a served request id from its audit entry)
       -> bundle version + sha256 (registry; the sha recorded on the recommendation is compared with the registry's)
       -> students (task, route, sha256; the stored model text is re-hashed against the registry)
       -> teacher (uri, sha256, code_version; the stored checkpoint is re-hashed when present)
@@ -55,6 +55,18 @@ def _recommendation(con: duckdb.DuckDBPyConnection, rec_id: str) -> dict[str, An
     r = rows[0]
     return {"recommendation_id": r[0], "month": r[1].isoformat(), "customer_id": r[2], "rank": int(r[3]),
             "product": r[4], "score": float(r[5]), "task": r[6], "bundle_version": r[7], "bundle_sha256": r[8]}
+
+
+def _served_request(audit: AuditLog, request_id: str) -> dict[str, Any] | None:
+    """A response of the recommendation server, from its audit entry (subject ``request/<id>``)."""
+    entries = audit.entries(event=AuditEvent.SERVED, subject=f"request/{request_id}")
+    if not entries:
+        return None
+    p = entries[0].payload
+    return {"request_id": request_id, "audit_seq": entries[0].seq, "month": p["month"],
+            "customer_id": p["customer_id"], "source": p["source"], "items": p["items"],
+            "bundle_version": p["version"], "bundle_sha256": p["bundle_sha256"],
+            "snapshot_sha256": p["snapshot_sha256"]}
 
 
 def _stored_sha(store: ArtifactStore | None, key: str) -> str | None:
@@ -125,7 +137,7 @@ def walk(registry: Registry, audit: AuditLog, con: duckdb.DuckDBPyConnection, st
         bundle = registry.get(ident)
         kind = "model_version"
     except UnknownVersionError:
-        rec = _recommendation(con, ident)
+        rec = _recommendation(con, ident) or _served_request(audit, ident)
         if rec is None:
             raise LineageError(f"lineage: {ident!r} is neither a recommendation id in {RECOMMENDATIONS_TABLE} nor a "
                                "registered model version") from None
@@ -176,7 +188,12 @@ def render_text(chain: Mapping[str, Any]) -> str:
     """A readable multi-line rendering of ``walk``'s result, one link of the chain per block."""
     lines: list[str] = []
     rec = chain.get("recommendation")
-    if rec:
+    if rec and "request_id" in rec:
+        lines += [f"served request {rec['request_id']} (audit entry {rec['audit_seq']}, source {rec['source']})",
+                  f"  customer {rec['customer_id']}  month {rec['month']}  products "
+                  + ", ".join(p for p, _ in rec["items"]),
+                  f"  bundle sha256 on the response: {_ok(rec.get('bundle_sha256_matches_registry'))}"]
+    elif rec:
         lines += [f"recommendation {rec['recommendation_id']}",
                   f"  customer {rec['customer_id']}  month {rec['month']}  rank {rec['rank']}  product {rec['product']}"
                   f"  (task {rec['task']}, score {rec['score']:.4f})",

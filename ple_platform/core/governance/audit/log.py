@@ -35,7 +35,7 @@ import hmac
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ple_platform.core.governance.audit.pseudonymise import MissingSecretError
 from ple_platform.core.governance.audit.store import GovernanceStore, as_utc, canonical_json, utc_now
@@ -62,6 +62,8 @@ class AuditEvent(str, enum.Enum):
     REJECTION = "rejection"
     REPORT = "report"
     RECOMMENDATION = "recommendation"
+    SERVED = "served_recommendation"  # one online response of `ple-platform serve`
+    SERVING = "serving"  # serving control: reload, failed reload, kill switch, refused request
 
     @classmethod
     def parse(cls, event: str | AuditEvent) -> AuditEvent:
@@ -166,6 +168,35 @@ class AuditLog:
             con.execute("INSERT OR REPLACE INTO audit_head VALUES (?, ?, ?, ?)",
                         [_HEAD_ID, seq, h, head_mac(self._key, seq, h)])
         return AuditEntry(seq, as_utc(ts), actor, ev, subject, json.loads(payload_json), prev_hash, h)
+
+    def append_many(self, items: Sequence[tuple[str | AuditEvent, str, Mapping[str, Any], str]]) -> list[AuditEntry]:
+        """Append ``(event, subject, payload, actor)`` items in order as consecutive entries of one transaction
+        (group commit: one lock and one commit for many entries, e.g. a batch of served responses). All or
+        nothing: a bad item rejects the whole group before anything is written."""
+        prepared = []
+        for event, subject, payload, actor in items:
+            ev = AuditEvent.parse(event)
+            _require_text(subject, "subject")
+            _require_text(actor, "actor")
+            if not isinstance(payload, Mapping):
+                raise AuditLogError(f"audit payload must be a mapping, got {type(payload).__name__}")
+            prepared.append((ev, subject, canonical_json(payload, "payload"), actor))
+        if not prepared:
+            return []
+        out: list[AuditEntry] = []
+        with self.store.transaction() as con:
+            seq, prev_hash = self._current_head(con)
+            rows = []
+            for ev, subject, payload_json, actor in prepared:
+                seq, ts = seq + 1, utc_now()
+                h = entry_hash(self._key, seq, ts, actor, ev.value, subject, payload_json, prev_hash)
+                rows.append([seq, ts, actor, ev.value, subject, payload_json, prev_hash, h])
+                out.append(AuditEntry(seq, as_utc(ts), actor, ev, subject, json.loads(payload_json), prev_hash, h))
+                prev_hash = h
+            con.executemany("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            con.execute("INSERT OR REPLACE INTO audit_head VALUES (?, ?, ?, ?)",
+                        [_HEAD_ID, seq, prev_hash, head_mac(self._key, seq, prev_hash)])
+        return out
 
     def entries(self, event: str | AuditEvent | None = None, subject: str | None = None) -> list[AuditEntry]:
         """Entries in seq order, optionally only one event type and/or one subject."""

@@ -29,6 +29,7 @@ from ple_platform.core.governance.compliance.fairness import fairness_report, pr
 from ple_platform.core.governance.promotion.registry import Registry
 from ple_platform.core.model.data import LABEL_TABLE, load_month, month_customer_ids
 from ple_platform.core.recommend.monthly import TABLE, registered_teacher, summary_key, training_months
+from ple_platform.core.serving.evidence import serving_control_evidence
 from ple_platform.core.storage import ArtifactStore
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
 from ple_platform.core.warehouse import customer_attributes, partition_content_hash
@@ -180,7 +181,8 @@ def collect_evidence(con: duckdb.DuckDBPyConnection, store: ArtifactStore, regis
         champion_history=history or None,
         lineage={"run_ids": {k: v for k, v in run_ids.items() if v}},
         serving_controls={"suitability_rule_active": True,
-                          "blocked_investment_recs": int(summary["blocked_investment_pairs"])} if served else None,
+                          "blocked_investment_recs": int(summary["blocked_investment_pairs"]),
+                          **serving_control_evidence(audit)} if served else None,
         explanations={"n_reasons": summary["n_reasons"], "n_grounded": summary["n_grounded"],
                       "languages": summary["languages"]} if served else None,
         human_oversight={"approval_required": settings.require_approval},
