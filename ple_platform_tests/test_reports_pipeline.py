@@ -114,6 +114,22 @@ def test_reasons_are_grounded_personal_and_never_protected(served):
     assert checked > 0
 
 
+def test_only_distilled_tasks_cite_the_teachers_gates(served):
+    """A reason may name a teacher expert only when the task's served student was distilled from that teacher."""
+    champion = served["res"]["governance"].registry().champion()
+    routes = {t: s.route.value for t, s in champion.students.items()}
+    rows = _query(served, f"SELECT task, reason_features FROM {TABLE} WHERE month = ?", [M6])
+    cited = {route: 0 for route in ("DISTILL", "DIRECT")}
+    seen = {route: 0 for route in ("DISTILL", "DIRECT")}
+    for task, feats in rows:
+        seen[routes[task]] += 1
+        cited[routes[task]] += any(r["kind"] == "gate" for r in json.loads(feats))
+    assert seen["DIRECT"] > 0, "no DIRECT-routed recommendation: the rule is not exercised"
+    assert cited["DIRECT"] == 0, f"{cited['DIRECT']} reasons of DIRECT-routed tasks name a teacher expert"
+    if seen["DISTILL"]:
+        assert cited["DISTILL"] == seen["DISTILL"]  # every distilled reason carries its gate sentence
+
+
 def _shown(r: dict) -> tuple:
     """What a reason's text depends on: concepts and kind, the formatted value of quantities, the 0/1 of flags,
     the gate expert and its percentage."""

@@ -152,7 +152,10 @@ def explain(students: dict, X: np.ndarray, customer_rows: np.ndarray, products: 
         protected = np.array([c in PROTECTED_COLUMNS for c in student.features] + [False])
         contrib[:, protected] = 0.0  # never a reason: see the module docstring
         raw = X[np.ix_(rows, [pos[c] for c in student.features])].astype(np.float64)
-        gate = {e: w[rows] for e, w in gates[task].items()} if task in gates else None
+        # The gate sentence is about the teacher: only a DISTILLed student carries it. A DIRECT student learned
+        # from hard labels alone, so the teacher's gates say nothing about the model that decided.
+        cites_gates = task in gates and str(getattr(student.route, "value", student.route)) == "DISTILL"
+        gate = {e: w[rows] for e, w in gates[task].items()} if cites_gates else None
         by_lang = {lang: reasons.explain_batch(products[sel], task, contrib, student.features, raw, gate, lang,
                                                TOP_REASONS) for lang in LANGS}
         for j, i in enumerate(sel):
