@@ -36,6 +36,7 @@ from ple_platform.core.model.evaluate import (
     evaluate_predictions,
     gate_entropies,
     gate_faithfulness_all,
+    gate_faithfulness_control,
     map_at_k_ci,
     mean_binary_auc,
 )
@@ -58,6 +59,9 @@ class AssessmentSettings:
     lgb_early_stopping: int = 30
     lgb_threads: int = 2
     faithfulness_rows: int = 1024  # 1 + 7 forward passes over this many test customers
+    # The no-information control: (1 + n_perm) x 8 + 7 forward passes over this many test customers.
+    faithfulness_control_rows: int = 512
+    faithfulness_control_perms: int = 2
     score_all_test_customers: bool = True  # False: only the teacher's training subsample of the test month
     train_vanilla: bool = True
 
@@ -155,6 +159,9 @@ def assess_teacher(con: duckdb.DuckDBPyConnection, checkpoint: bytes, workdir: P
     rows = np.arange(min(settings.faithfulness_rows, scaled_test.n_rows))
     with torch_threads():
         faith = gate_faithfulness_all(model, scaled_test.to_batch(rows), labels=scaled_test.label_tensors(rows))
+        crows = rows[: settings.faithfulness_control_rows]
+        control = gate_faithfulness_control(model, scaled_test.to_batch(crows), n_perm=settings.faithfulness_control_perms,
+                                            n_boot=settings.n_boot, seed=seed, labels=scaled_test.label_tensors(crows))
     return {
         "model_month": split.model_month.isoformat(),
         "split": split.as_dict(),
@@ -166,6 +173,7 @@ def assess_teacher(con: duckdb.DuckDBPyConnection, checkpoint: bytes, workdir: P
         "map_at_7": map7,
         "gate_entropy": gate_entropies(teacher.gates),
         "gate_faithfulness": faith,
+        "gate_faithfulness_control": control,
         "goal": goal_check(metrics, diffs.get("teacher_minus_lightgbm", {})),
         "timings": timings,
         "vanilla_ple": vanilla_info,
@@ -212,9 +220,18 @@ def results_markdown(result: dict) -> str:
 
 
 def gates_markdown(result: dict) -> str:
-    lines = ["| task | gate entropy | faithfulness share | top expert (most often) |", "|---|---|---|---|"]
+    """Per task: gate entropy, the zero-masking share (no control: random gates score ~0.7), the margin over the
+    no-information control with its CI, and whether the gates pass (CI above 0 and margin >= the goal)."""
+    lines = ["| task | gate entropy | zero-masking share | margin over control [95% CI] | gates explain | "
+             "top expert (most often) |", "|---|---|---|---|---|---|"]
+    controls = result.get("gate_faithfulness_control", {})
     for task, ent in result["gate_entropy"].items():
         f = result["gate_faithfulness"].get(task, {})
+        c = controls.get(task, {})
+        m = c.get("margin", {})
+        margin = (f"{m['value']:+.3f} [{m['lo']:+.3f}, {m['hi']:+.3f}]" if m else "–")
+        verdict = "yes" if c.get("passes") else "no" if c else "–"
         top = max(f.get("top_expert_share", {"–": 0}).items(), key=lambda kv: kv[1])
-        lines.append(f"| {task} | {ent:.3f} | {f.get('share', float('nan')):.2f} | {top[0]} ({top[1]:.0%}) |")
+        lines.append(f"| {task} | {ent:.3f} | {f.get('share', float('nan')):.2f} | {margin} | {verdict} | "
+                     f"{top[0]} ({top[1]:.0%}) |")
     return "\n".join(lines)
