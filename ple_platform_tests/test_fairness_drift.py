@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from ple_platform.core import stats as st
 from ple_platform.core.governance.compliance import drift as dr
 from ple_platform.core.governance.compliance import fairness as fa
 
@@ -200,8 +201,8 @@ def test_bad_fairness_input_is_named():
 
 def test_psi_of_identical_samples_is_zero():
     x = np.random.default_rng(0).normal(size=5000)
-    assert dr.psi(x, x) == pytest.approx(0.0, abs=1e-12)
-    assert dr.psi(x, np.random.default_rng(1).normal(size=5000)) < 0.02  # sampling noise only
+    assert st.psi(x, x) == pytest.approx(0.0, abs=1e-12)
+    assert st.psi(x, np.random.default_rng(1).normal(size=5000)) < 0.02  # sampling noise only
 
 
 def test_psi_of_known_normal_shift_matches_analytic_decile_value():
@@ -210,27 +211,27 @@ def test_psi_of_known_normal_shift_matches_analytic_decile_value():
     z = stats.norm.ppf(np.linspace(0, 1, 11))  # reference deciles of N(0, 1), outer edges +-inf
     c = np.diff(stats.norm.cdf(z - 0.5))  # share of N(0.5, 1) in each decile bin
     analytic = float(((c - 0.1) * np.log(c / 0.1)).sum())
-    det = dr.psi_detail(ref, cur)
+    det = st.psi_detail(ref, cur)
     assert det.n_bins == 10 and analytic == pytest.approx(0.2377, abs=1e-3)
     # the bins are the reference's deciles whatever the current sample (equal-width bins over the combined range,
     # the reference project's defect, give 0.233 here: close in value but not decile bins)
     assert np.array(det.edges) == pytest.approx(z[1:-1], abs=0.02)
     assert np.array(det.reference_share) == pytest.approx(np.full(10, 0.1), abs=1e-4)
-    assert dr.psi_detail(ref, cur + 5.0).edges == det.edges
+    assert st.psi_detail(ref, cur + 5.0).edges == det.edges
     assert det.psi == pytest.approx(analytic, rel=0.10)
-    assert dr.psi_status(det.psi) == dr.WARN
+    assert st.psi_status(det.psi) == st.WARN
 
 
 def test_psi_hand_computed_on_discrete_data():
     ref = np.r_[np.zeros(70), np.ones(30)]
     cur = np.r_[np.zeros(50), np.ones(50)]
     expected = (0.5 - 0.7) * math.log(0.5 / 0.7) + (0.5 - 0.3) * math.log(0.5 / 0.3)
-    assert dr.psi(ref, cur) == pytest.approx(expected, rel=1e-12)
+    assert st.psi(ref, cur) == pytest.approx(expected, rel=1e-12)
     # mass moving off the atoms (to 0.5, between them) is seen, not absorbed by a wide bin
     moved = np.r_[np.zeros(50), np.full(50, 0.5)]
     off_atom = (0.5 - 0.7) * math.log(0.5 / 0.7) + (1e-4 - 0.3) * math.log(1e-4 / 0.3) + (0.5 - 1e-4) * math.log(
         0.5 / 1e-4)
-    assert dr.psi(ref, moved) == pytest.approx(off_atom, rel=1e-9)
+    assert st.psi(ref, moved) == pytest.approx(off_atom, rel=1e-9)
 
 
 def test_atoms_that_move_by_rounding_are_the_same_atoms_but_a_real_move_is_seen():
@@ -240,27 +241,27 @@ def test_atoms_that_move_by_rounding_are_the_same_atoms_but_a_real_move_is_seen(
     atoms = np.array([-0.0828, -0.0786, -0.0925])
     ref = np.r_[np.repeat(atoms, [2700, 1700, 400]), r.normal(-0.08, 0.02, 5200)]
     cur = np.r_[np.repeat(atoms * 1.003, [2700, 1700, 400]), r.normal(-0.08, 0.02, 5200)]
-    assert dr.psi(ref, cur) < dr.PSI_WARN
+    assert st.psi(ref, cur) < st.PSI_WARN
     # a reference pooled over months holds each atom at slightly different values: still one atom per pattern
     counts = [900, 567, 133]
     pooled = np.r_[np.concatenate([np.repeat(atoms * (1 + k / 1000), counts) for k in range(3)]),
                    r.normal(-0.08, 0.02, 5200)]
-    assert dr.psi(pooled, cur * 1.001) < dr.PSI_WARN
+    assert st.psi(pooled, cur * 1.001) < st.PSI_WARN
     moved = np.r_[np.repeat(atoms * 1.05, [2700, 1700, 400]), r.normal(-0.08, 0.02, 5200)]
-    assert dr.psi(ref, moved) >= dr.PSI_ALERT
+    assert st.psi(ref, moved) >= st.PSI_ALERT
     # continuous data keeps its ten decile bins: heavy tails and large offsets do not widen the atom window
     for sample in (r.lognormal(0.0, 2.0, 20_000), r.normal(1000.0, 1.0, 20_000)):
-        det = dr.psi_detail(sample, sample + 0.5 * sample.std())
-        assert det.n_bins == 10 and not det.atoms and det.psi >= dr.PSI_WARN
+        det = st.psi_detail(sample, sample + 0.5 * sample.std())
+        assert det.n_bins == 10 and not det.atoms and det.psi >= st.PSI_WARN
 
 
 def test_constant_reference_does_not_crash_and_sees_a_move():
     ref = np.full(100, 3.0)
-    assert dr.psi(ref, np.full(40, 3.0)) == 0.0
-    up, down = dr.psi(ref, np.full(40, 4.0)), dr.psi(ref, np.full(40, 2.0))
+    assert st.psi(ref, np.full(40, 3.0)) == 0.0
+    up, down = st.psi(ref, np.full(40, 4.0)), st.psi(ref, np.full(40, 2.0))
     assert up == pytest.approx(2 * (1 - 1e-4) * math.log(1 / 1e-4)) and down == pytest.approx(up)
-    assert dr.psi_status(up) == dr.ALERT
-    d, p = dr.ks(ref, np.full(40, 4.0))
+    assert st.psi_status(up) == st.ALERT
+    d, p = st.ks(ref, np.full(40, 4.0))
     assert d == 1.0 and p < 1e-6
 
 
@@ -268,24 +269,24 @@ def test_psi_excludes_nans_and_reports_their_share_and_out_of_range_values_count
     r = np.random.default_rng(2)
     ref, cur = r.normal(size=1000), r.normal(size=800)
     with_nan = np.r_[cur, np.full(200, np.nan)]
-    det = dr.psi_detail(ref, with_nan)
-    assert det.psi == pytest.approx(dr.psi(ref, cur)) and det.current_nan_share == pytest.approx(0.2)
+    det = st.psi_detail(ref, with_nan)
+    assert det.psi == pytest.approx(st.psi(ref, cur)) and det.current_nan_share == pytest.approx(0.2)
     assert det.reference_nan_share == 0.0 and det.n_current == 800
     # values beyond the reference range land in the open outer bin: top bin holds 10% -> 100%
-    top = dr.psi_detail(ref, np.full(500, 99.0))
+    top = st.psi_detail(ref, np.full(500, 99.0))
     rs = np.array(top.reference_share)
     assert top.current_share[-1] == 1.0 and rs == pytest.approx(np.full(10, 0.1), abs=0.002)
     cs = np.r_[np.full(9, 1e-4), 1.0]
     assert top.psi == pytest.approx(float(((cs - rs) * np.log(cs / rs)).sum()), rel=1e-12)
     assert top.psi == pytest.approx(9 * (1e-4 - 0.1) * math.log(1e-4 / 0.1) + 0.9 * math.log(10), rel=0.01)
-    with pytest.raises(dr.DriftInputError, match="current has no finite values"):
-        dr.psi(ref, np.full(3, np.nan))
+    with pytest.raises(st.DriftInputError, match="current has no finite values"):
+        st.psi(ref, np.full(3, np.nan))
 
 
 def test_ks_statistic_hand_case_and_asymptotic_p_value():
     a, b = np.array([1.0, 2.0, 3.0]), np.array([2.5, 4.0])
     # ECDF gaps at 1, 2, 2.5, 3, 4: 1/3, 2/3, 2/3 - 1/2, 1 - 1/2, 0 -> D = 2/3
-    d, p = dr.ks(a, b)
+    d, p = st.ks(a, b)
     assert d == pytest.approx(2 / 3)
     lam = math.sqrt(3 * 2 / 5) * 2 / 3
     q = 2 * sum((-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 100))
@@ -296,7 +297,7 @@ def test_ks_statistic_hand_case_and_asymptotic_p_value():
 def test_ks_matches_scipy_with_ties():
     r = np.random.default_rng(5)
     a, b = np.round(r.normal(size=3000), 1), np.round(r.normal(0.1, 1.0, size=2000), 1)
-    d, p = dr.ks(a, b)
+    d, p = st.ks(a, b)
     ref = stats.ks_2samp(a, b, method="asymp")
     assert d == pytest.approx(ref.statistic, abs=1e-12)
     assert p == pytest.approx(ref.pvalue, rel=0.1)  # scipy's asymp uses kstwo(round(nm/(n+m))); ours the limit
@@ -314,20 +315,20 @@ def test_drift_table_groups_statuses_and_missing_evidence():
     cols = {"txn": ("amount", "count", "spend"), "demo": ("age", "income"), "gone": ("x",)}
     rows = {row["group"]: row for row in dr.drift_table(ref, cur, cols)}
     txn = rows["txn"]
-    psis = [dr.psi(base[:, j], cur_txn[:, j]) for j in range(3)]
+    psis = [st.psi(base[:, j], cur_txn[:, j]) for j in range(3)]
     assert txn["mean_psi"] == pytest.approx(np.mean(psis)) and txn["max_psi"] == pytest.approx(max(psis))
-    assert txn["worst_column"] == "spend" and txn["status"] == dr.ALERT
+    assert txn["worst_column"] == "spend" and txn["status"] == st.ALERT
     assert txn["share_psi_alert"] == pytest.approx(1 / 3) and txn["share_psi_warn"] == pytest.approx(2 / 3)  # 0.24, 1.x
-    assert txn["max_ks"] == pytest.approx(dr.ks(base[:, 2], cur_txn[:, 2])[0])
-    assert rows["demo"]["status"] == dr.MISSING and rows["demo"]["n_columns_missing"] == 1
-    assert "income" in rows["demo"]["missing_columns"] and rows["demo"]["max_psi"] < dr.PSI_WARN
-    assert rows["gone"]["status"] == dr.MISSING and "no current data" in rows["gone"]["reason"]
+    assert txn["max_ks"] == pytest.approx(st.ks(base[:, 2], cur_txn[:, 2])[0])
+    assert rows["demo"]["status"] == st.MISSING and rows["demo"]["n_columns_missing"] == 1
+    assert "income" in rows["demo"]["missing_columns"] and rows["demo"]["max_psi"] < st.PSI_WARN
+    assert rows["gone"]["status"] == st.MISSING and "no current data" in rows["gone"]["reason"]
     assert json.loads(json.dumps(list(rows.values()), allow_nan=False)) == list(rows.values())
-    with pytest.raises(dr.DriftInputError, match="'txn': the reference data must be an \\(N, 3\\)"):
+    with pytest.raises(st.DriftInputError, match="'txn': the reference data must be an \\(N, 3\\)"):
         dr.drift_table({"txn": base[:, :2]}, {"txn": base}, {"txn": cols["txn"]})
 
 
 def test_one_threshold_set():
-    assert (dr.PSI_WARN, dr.PSI_ALERT) == (0.1, 0.25)
-    assert [dr.psi_status(v) for v in (0.0, 0.0999, 0.1, 0.2499, 0.25, None, float("nan"))] == [
+    assert (st.PSI_WARN, st.PSI_ALERT) == (0.1, 0.25)
+    assert [st.psi_status(v) for v in (0.0, 0.0999, 0.1, 0.2499, 0.25, None, float("nan"))] == [
         "ok", "ok", "warn", "warn", "alert", "missing evidence", "missing evidence"]

@@ -1,10 +1,10 @@
-"""The drift rule of the feature checks uses the platform's one PSI (core/governance/compliance/drift.py) and its alert level."""
+"""The drift rule of the feature checks uses the platform's one PSI (core/stats.py) and its alert level."""
 
 import numpy as np
 
 from ple_platform.core.features.quality import evaluate
 from ple_platform.core.features.spec import FEATURE_GROUPS
-from ple_platform.core.governance.compliance.drift import PSI_ALERT, psi
+from ple_platform.core.stats import PSI_ALERT, psi
 
 SPEC = FEATURE_GROUPS[0]
 

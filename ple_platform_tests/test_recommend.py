@@ -11,6 +11,7 @@ import pytest
 
 from ple_platform.core.data.schema import INVESTMENT_PRODUCTS, N_PRODUCTS, PRODUCT_NAMES
 from ple_platform.core.features.spec import FEATURE_GROUPS, all_columns
+from ple_platform.core.model import products as pr
 from ple_platform.core.recommend import glossary as gl
 from ple_platform.core.recommend import ranking as rk
 from ple_platform.core.recommend import reasons as rs
@@ -116,7 +117,7 @@ def _holdings_case():
 
 
 def test_product_priors_hand_computed_and_json_round_trip():
-    pri = rk.fit_product_priors(*_holdings_case())
+    pri = pr.fit_product_priors(*_holdings_case())
     # deposits: acquisitions (short 2, medium 0, long 1), α = 1: (2+1)/(3+3), (0+1)/6, (1+1)/6
     assert pri.share_in_group[[P["short_deposit"], P["medium_deposit"], P["long_deposit"]]] == pytest.approx(
         [3 / 6, 1 / 6, 2 / 6])
@@ -127,34 +128,34 @@ def test_product_priors_hand_computed_and_json_round_trip():
     assert pri.product_rate[P["short_deposit"]] == pytest.approx(2 / 3)
     assert pri.overall_rate == pytest.approx(3 / (4 * 24 - 2))  # 3 acquisitions, 2 held pairs at t
     assert pri.n_rows == 4 and pri.acquisitions.sum() == 3
-    back = rk.ProductPriors.from_dict(json.loads(json.dumps(pri.to_dict())))
+    back = pr.ProductPriors.from_dict(json.loads(json.dumps(pri.to_dict())))
     np.testing.assert_allclose(back.share_in_group, pri.share_in_group)
     assert back.overall_rate == pri.overall_rate and back.n_rows == 4
     # The fit reads only the arrays given: dropping c1's rows changes the shares accordingly.
     t, t1 = _holdings_case()
-    sub = rk.fit_product_priors(t[[0, 2, 3]], t1[[0, 2, 3]])
+    sub = pr.fit_product_priors(t[[0, 2, 3]], t1[[0, 2, 3]])
     assert sub.share_in_group[P["short_deposit"]] == pytest.approx((1 + 1) / (1 + 3))
 
 
 def test_product_priors_validation():
     t, t1 = _holdings_case()
     with pytest.raises(ValueError, match=r"held_t must be \(N, 24\).*\(4, 23\)"):
-        rk.fit_product_priors(t[:, :23], t1)
+        pr.fit_product_priors(t[:, :23], t1)
     bad = t1.copy()
     bad[1, P["funds"]] = 2
     with pytest.raises(ValueError, match=r"held_t1 must contain only 0/1.*row 1, product 'funds'"):
-        rk.fit_product_priors(t, bad)
+        pr.fit_product_priors(t, bad)
     with pytest.raises(ValueError, match="0/1"):
-        rk.fit_product_priors(t.astype(float) * np.nan, t1)
+        pr.fit_product_priors(t.astype(float) * np.nan, t1)
     with pytest.raises(ValueError, match="same shape"):
-        rk.fit_product_priors(t, t1[:3])
-    d = rk.fit_product_priors(t, t1).to_dict()
+        pr.fit_product_priors(t, t1[:3])
+    d = pr.fit_product_priors(t, t1).to_dict()
     with pytest.raises(ValueError, match="product list"):
-        rk.ProductPriors.from_dict({**d, "products": d["products"][::-1]})
+        pr.ProductPriors.from_dict({**d, "products": d["products"][::-1]})
     with pytest.raises(ValueError, match="sum to 1 per group"):
-        rk.ProductPriors.from_dict({**d, "share_in_group": [0.5] * 24})
+        pr.ProductPriors.from_dict({**d, "share_in_group": [0.5] * 24})
     with pytest.raises(ValueError, match="missing field 'alpha'"):
-        rk.ProductPriors.from_dict({k: v for k, v in d.items() if k != "alpha"})
+        pr.ProductPriors.from_dict({k: v for k, v in d.items() if k != "alpha"})
 
 
 # ------------------------------------------------------------------------------------------------ scores
@@ -175,8 +176,8 @@ def _task_preds():
 
 
 def test_product_scores_hand_computed_two_customers():
-    pri = rk.fit_product_priors(*_holdings_case())
-    s = rk.product_scores(_task_preds(), pri)
+    pri = pr.fit_product_priors(*_holdings_case())
+    s = pr.product_scores(_task_preds(), pri)
     assert s.shape == (2, 24)
     assert s[0, P["short_deposit"]] == pytest.approx(0.8 * 3 / 6)
     assert s[1, P["long_deposit"]] == pytest.approx(0.2 * 2 / 6)
@@ -188,28 +189,28 @@ def test_product_scores_hand_computed_two_customers():
     assert s[1, P["loans"]] == pytest.approx(0.4 / 2)
     assert s[0, P["credit_card"]] == pytest.approx(0.7 / 4)
     assert s[1, P["funds"]] == pytest.approx(0.5 / 3)
-    assert rk.task_for_product("pensions") == "nba_primary"
-    assert rk.task_for_product(P["credit_card"]) == "will_acquire_payments"
+    assert pr.task_for_product("pensions") == "nba_primary"
+    assert pr.task_for_product(P["credit_card"]) == "will_acquire_payments"
 
 
 def test_product_scores_validation():
-    pri = rk.fit_product_priors(*_holdings_case())
+    pri = pr.fit_product_priors(*_holdings_case())
     tp = _task_preds()
     del tp["will_acquire_lending"]
     with pytest.raises(ValueError, match="lacks 'will_acquire_lending'.*'lending'"):
-        rk.product_scores(tp, pri)
+        pr.product_scores(tp, pri)
     tp = _task_preds()
     tp["nba_primary"] = tp["nba_primary"][:, :6]
     with pytest.raises(ValueError, match=r"nba_primary.*\(N, 7\)"):
-        rk.product_scores(tp, pri)
+        pr.product_scores(tp, pri)
     tp = _task_preds()
     tp["will_acquire_accounts"] = np.array([0.3, 1.2])
     with pytest.raises(ValueError, match="will_acquire_accounts.*probabilities in"):
-        rk.product_scores(tp, pri)
+        pr.product_scores(tp, pri)
     tp = _task_preds()
     tp["will_acquire_payments"] = np.array([0.3, 0.2, 0.1])
     with pytest.raises(ValueError, match="3 rows"):
-        rk.product_scores(tp, pri)
+        pr.product_scores(tp, pri)
 
 
 # ------------------------------------------------------------------------------------------------ top-k

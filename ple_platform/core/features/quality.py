@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ple_platform.core.features.spec import FeatureGroupSpec
-from ple_platform.core.governance.compliance.drift import PSI_ALERT, psi
+from ple_platform.core.stats import PSI_ALERT, psi
 
 MAX_NULL_RATE = 0.0  # features are never NULL: missing source values become explicit flags upstream
 MAX_CONSTANT_SHARE = 0.10  # share of columns allowed to be constant beyond documented "no data" values

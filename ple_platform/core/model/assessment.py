@@ -11,7 +11,7 @@ customer of that month, not only the teacher's training subsample):
                    with the teacher's settings and seed — isolates what the heterogeneous experts add.
 
 Metrics per task come with percentile-bootstrap CIs; differences teacher − baseline use *paired* replicates
-(same resampled customers). MAP@7 ranks the 24 products from the task predictions (``recommend.ranking``,
+(same resampled customers). MAP@7 ranks the 24 products from the task predictions (``model.products``,
 product priors fitted on the training rows only). Gate entropy and gate faithfulness are computed on the
 teacher's test-month gates. Nothing here is tuned on the test month: every fit and early stop sees training and
 validation months only.
@@ -42,7 +42,7 @@ from ple_platform.core.model.evaluate import (
 )
 from ple_platform.core.model.inference import load_checkpoint_data, predict_month
 from ple_platform.core.model.teacher import TeacherSettings, fit_teacher, load_teacher
-from ple_platform.core.recommend.ranking import fit_product_priors, product_scores
+from ple_platform.core.model.products import fit_product_priors, product_scores
 from ple_platform.core.runtime import torch_threads
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
 from ple_platform.core.tasks.split import TimeSplit

@@ -1,7 +1,7 @@
 """A month's recommendations from a registered bundle: score, rank, filter, explain, write.
 
 The champion's students score every customer of month t from the raw warehouse features; products are ranked by
-``ranking.product_scores`` (priors fitted on the bundle's training months' holdings t -> t+1), filtered by
+``model.products.product_scores`` (priors fitted on the bundle's training months' holdings t -> t+1), filtered by
 suitability (``ranking.eligibility``: no investment product without a profile) and held products, top 7 per
 customer. Each recommendation gets reasons in English and Korean (``reasons.explain_batch``) from the TreeSHAP of
 the student that scored its product (one ``predict_contrib`` per task over the customers who got a product of
@@ -35,6 +35,7 @@ from ple_platform.core.distillation.bundle import load_bundle_students, predict_
 from ple_platform.core.features.spec import all_columns
 from ple_platform.core.governance.promotion.registry import ModelBundle
 from ple_platform.core.model.teacher import teacher_checkpoint_key
+from ple_platform.core.model import products as scoring
 from ple_platform.core.progress import milestone
 from ple_platform.core.recommend import ranking, reasons
 from ple_platform.core.storage import ArtifactStore, sha256_bytes
@@ -96,14 +97,14 @@ def training_months(con: duckdb.DuckDBPyConnection, bundle: ModelBundle, teacher
                        sample_seed=teacher.settings.seed)
 
 
-def fit_priors(con: duckdb.DuckDBPyConnection, train: MonthData) -> ranking.ProductPriors:
+def fit_priors(con: duckdb.DuckDBPyConnection, train: MonthData) -> scoring.ProductPriors:
     """Within-group acquisition shares from the bundle's training months (t -> t+1 holdings)."""
     from ple_platform.core.model.assessment import acquisitions, next_holdings
 
     known, held, acquired = acquisitions(train.holdings, next_holdings(con, train))
     if not known.any():
         raise RecommendationError("no training-month customer is observed at t+1: cannot fit product priors")
-    return ranking.fit_product_priors(held[known], (held | acquired)[known])
+    return scoring.fit_product_priors(held[known], (held | acquired)[known])
 
 
 def task_scores_json(preds: dict[str, np.ndarray]) -> list[str]:
@@ -140,14 +141,14 @@ def explain(students: dict, X: np.ndarray, customer_rows: np.ndarray, products: 
     texts = {lang: np.empty(n, dtype=object) for lang in LANGS}
     features = np.empty(n, dtype=object)
     n_reasons = n_grounded = 0
-    tasks = np.array([ranking.task_for_product(int(p)) for p in range(len(PRODUCT_NAMES))])[products]
+    tasks = np.array([scoring.task_for_product(int(p)) for p in range(len(PRODUCT_NAMES))])[products]
     for task in np.unique(tasks):
         sel = np.flatnonzero(tasks == task)
         student = students[task]
         rows = customer_rows[sel]
         class_index = None
         if student.kind == "multiclass":
-            class_index = np.array([ranking.NBA_CLASS[PRODUCTS[p].group] for p in products[sel]])
+            class_index = np.array([scoring.NBA_CLASS[PRODUCTS[p].group] for p in products[sel]])
         contrib = student.predict_contrib(X[rows], names, class_index=class_index).values.copy()
         protected = np.array([c in PROTECTED_COLUMNS for c in student.features] + [False])
         contrib[:, protected] = 0.0  # never a reason: see the module docstring
@@ -204,7 +205,7 @@ def recommend_month(con: duckdb.DuckDBPyConnection, store: ArtifactStore, bundle
         raise RecommendationError("teacher gate rows are not in the feature rows' customer order")
     gates = {t: teacher_out.shared_gates(t) for t in students}
 
-    scores = ranking.product_scores(preds, priors)
+    scores = scoring.product_scores(preds, priors)
     eligible, blocked = ranking.eligibility(attrs["suitability_profile"])
     idx, top = ranking.top_k(scores, md.holdings > 0.5, TOP_K, eligible)
     cust, rank0 = np.nonzero(idx >= 0)
@@ -216,7 +217,7 @@ def recommend_month(con: duckdb.DuckDBPyConnection, store: ArtifactStore, bundle
         "rank": pa.array(rank0 + 1, pa.int32()),
         "product": pa.array(np.asarray(PRODUCT_NAMES, dtype=object)[products].tolist(), pa.string()),
         "score": pa.array(top[cust, rank0], pa.float64()),
-        "task": pa.array([ranking.task_for_product(int(p)) for p in products], pa.string()),
+        "task": pa.array([scoring.task_for_product(int(p)) for p in products], pa.string()),
         "task_scores": pa.array(task_json[cust].tolist(), pa.string()),
         "reason_en": pa.array(ex.texts["en"].tolist(), pa.string()),
         "reason_ko": pa.array(ex.texts["ko"].tolist(), pa.string()),

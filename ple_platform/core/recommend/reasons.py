@@ -8,7 +8,7 @@ recommendations got identical text, and its Korean templates printed "을(를)" 
 * **Attribution** is the signed TreeSHAP of the student that scored the product (LightGBM
   ``predict(..., pred_contrib=True)``: (N, n_features + 1), last column = bias; ``product_contributions`` slices
   the class block of the multiclass ``nba_primary`` student, which scores the "other" products). The task must be
-  the product's task (``ranking.task_for_product``): an explanation from another student would explain a score
+  the product's task (``model.products.task_for_product``): an explanation from another student would explain a score
   we did not serve.
 * **Selection** (``select_features``, vectorised over the batch): the largest *positive* contributions, at most
   one feature per glossary concept (``Concept.key``: ``roll_30d_sum`` and ``log_spend`` are both "card
@@ -47,7 +47,7 @@ from ple_platform.core.recommend.glossary import (
     format_percent,
     product_label,
 )
-from ple_platform.core.recommend.ranking import NBA_CLASS, product_index, task_for_product
+from ple_platform.core.model.products import NBA_CLASS, product_index, task_for_product
 from ple_platform.core.tasks.spec import TASKS_BY_NAME
 
 ReasonKind = Literal["quantity", "qualitative", "flag", "gate"]

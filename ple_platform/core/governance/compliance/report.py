@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from ple_platform.core.features.spec import CATEGORICAL_COLUMNS, EXPERTS, FEATURE_GROUPS
-from ple_platform.core.governance.compliance.drift import PSI_ALERT, PSI_WARN  # the one threshold set, for rows without a status
+from ple_platform.core.stats import PSI_ALERT, PSI_WARN  # the one threshold set, for rows without a status
 from ple_platform.core.governance.compliance.fairness import AIR_FLOOR  # four-fifths rule
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
 
