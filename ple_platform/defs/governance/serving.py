@@ -10,8 +10,6 @@ import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
 from ple_platform.core.governance.audit.log import AuditEvent
-from ple_platform.core.recommend.monthly import RecommendationError
-from ple_platform.core.serving.snapshot import SnapshotError, build_snapshot
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
@@ -30,6 +28,10 @@ def serving_snapshot(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     """The serving snapshot of month t for the champion: the students' feature columns (float32, memory-mappable),
     teacher gate weights, product priors, suitability and opt-out flags and the month's batch rows, content-hashed;
     the recommendation server hot-swaps to it without opening the warehouse or running the teacher."""
+    # Imported here: the snapshot reads model data (torch); loading the definitions must stay light.
+    from ple_platform.core.recommend.monthly import RecommendationError
+    from ple_platform.core.serving.snapshot import SnapshotError, build_snapshot
+
     month = date.fromisoformat(context.partition_key)
     bundle = governance.registry().champion()
     if bundle is None:
