@@ -3,7 +3,7 @@
 * **batch**: the month's batch row exists for the customer and covers ``k`` (k <= its length, or the customer
   had fewer candidates than the batch's 7) -> the stored products and reason texts, no model call.
 * **online**: otherwise (or ``fresh``) -> the 13 students on the snapshot row (one thread each), the batch's
-  ``ranking.product_scores`` / ``eligibility`` / ``top_k``, and reasons from ``monthly.explain`` (TreeSHAP of
+  ``scoring.product_scores`` / ``eligibility`` / ``top_k``, and reasons from ``monthly.explain`` (TreeSHAP of
   the student behind each returned item only, the snapshot's gate weights). Same inputs, same code: the same
   items and reason text as the batch for that customer (tested).
 * **fallback**: the customer opted out of profiling -> products ranked by the training months' acquisition rate
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ple_platform.core.data.schema import PRODUCT_NAMES
+from ple_platform.core.model import products as scoring
 from ple_platform.core.recommend import monthly, ranking
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def recommend(state: ServingState, req: RecommendationRequest) -> dict[str, Any]
 
     x = np.asarray(state.features[row:row + 1], dtype=np.float32)
     preds = {t: s.predict(x, state.columns) for t, s in state.students.items()}
-    scores = ranking.product_scores(preds, state.priors)
+    scores = scoring.product_scores(preds, state.priors)
     idx, top = ranking.top_k(scores, held, req.k, eligible)
     keep = idx[0] >= 0
     products, top_scores = idx[0][keep], top[0][keep]
@@ -106,6 +107,6 @@ def recommend(state: ServingState, req: RecommendationRequest) -> dict[str, Any]
         ex = monthly.explain(state.students, x, np.zeros(len(products), dtype=np.int64), products, gates,
                              names=state.columns)
         texts = list(ex.texts[req.lang])
-    items = [{"rank": r + 1, "product": PRODUCT_NAMES[p], "score": float(s), "task": ranking.task_for_product(int(p)),
+    items = [{"rank": r + 1, "product": PRODUCT_NAMES[p], "score": float(s), "task": scoring.task_for_product(int(p)),
               "reason": texts[r]} for r, (p, s) in enumerate(zip(products, top_scores))]
     return {**base, "source": "online", "personalised": True, "items": items, "task_scores": _task_scores(preds)}

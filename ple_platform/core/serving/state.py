@@ -20,7 +20,7 @@ import numpy as np
 from ple_platform.core.distillation.bundle import load_bundle_students
 from ple_platform.core.distillation.students import Student
 from ple_platform.core.governance.promotion.registry import ModelBundle, Registry
-from ple_platform.core.recommend.ranking import ProductPriors
+from ple_platform.core.model.products import ProductPriors
 from ple_platform.core.serving.snapshot import CURRENT_KEY, FORMAT_VERSION, SnapshotError
 from ple_platform.core.storage import ArtifactStore, LocalArtifactStore, sha256_bytes
 
