@@ -8,7 +8,6 @@ import pytest
 from ple_platform.core.features.spec import CATEGORICAL_COLUMNS, FEATURE_GROUPS, LAG_LENGTH, all_columns
 from ple_platform.core.model.data import (
     CLIP,
-    GROUP_SLICES,
     LAG_GROUP,
     FeatureScaler,
     MonthData,

@@ -5,7 +5,6 @@ after N requests, hot swap under concurrent requests and a corrupted student ref
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import threading
