@@ -1,8 +1,9 @@
 """`ple-platform demo` end to end at a reduced size: the newcomer's first command must keep working.
 
 The same command and code path as `make demo` (generate -> raw/features/labels for every month -> two model months
--> promotion sensor -> recommendations + compliance report), on a 1,500-customer panel over seven months, in a
-subprocess with its own Dagster home; then `audit verify` and `registry` as a user would run them.
+-> promotion sensor -> recommendations + compliance report), on a 4,000-customer panel over seven months, in a
+subprocess with its own Dagster home; then `registry` and `audit verify` as a user would run them. Smaller panels
+can have months with fewer than five lending acquisitions, which the labels' learnability check rightly blocks.
 """
 
 import json
@@ -32,7 +33,7 @@ def test_demo_command_runs_the_whole_chain(tmp_path):
     env.update({"DAGSTER_HOME": str(home), "PLE_DATA_DIR": str(tmp_path / "data"),
                 "PLE_START_MONTH": "2015-01-01", "PLE_END_MONTH": "2015-07-01", "PLE_FIT_END_MONTH": "2015-01-01",
                 "PLE_PROMOTION_POLICY": json.dumps(DEMO_POLICY)})
-    demo = _cli(["demo", "--customers", "1500", "--seed", "5"], env, timeout=1400)
+    demo = _cli(["demo", "--customers", "4000", "--seed", "7"], env, timeout=1400)
     out = demo.stdout
     assert demo.returncode == 0, f"demo failed (exit {demo.returncode}):\n{out[-6000:]}\n{demo.stderr[-4000:]}"
     assert "Traceback" not in out + demo.stderr
