@@ -24,7 +24,7 @@ def _cli(args, env, timeout):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(2600)
 def test_demo_command_runs_the_whole_chain(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -33,7 +33,7 @@ def test_demo_command_runs_the_whole_chain(tmp_path):
     env.update({"DAGSTER_HOME": str(home), "PLE_DATA_DIR": str(tmp_path / "data"),
                 "PLE_START_MONTH": "2015-01-01", "PLE_END_MONTH": "2015-07-01", "PLE_FIT_END_MONTH": "2015-01-01",
                 "PLE_PROMOTION_POLICY": json.dumps(DEMO_POLICY)})
-    demo = _cli(["demo", "--customers", "4000", "--seed", "7"], env, timeout=1400)
+    demo = _cli(["demo", "--customers", "4000", "--seed", "7"], env, timeout=2400)
     out = demo.stdout
     assert demo.returncode == 0, f"demo failed (exit {demo.returncode}):\n{out[-6000:]}\n{demo.stderr[-4000:]}"
     assert "Traceback" not in out + demo.stderr
