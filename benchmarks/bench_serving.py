@@ -89,7 +89,7 @@ def main() -> None:
     from ple_platform.core.governance.audit.log import AuditLog, audit_key
     from ple_platform.core.governance.promotion.registry import Registry
     from ple_platform.core.governance.audit.store import GovernanceStore
-    from ple_platform.core.runtime import torch_threads
+    from ple_platform.core.runtime import compute_threads
     from ple_platform.core.serving.engine import RecommendationRequest, recommend
     from ple_platform.core.serving.state import load_state
     from ple_platform.core.settings import Settings
@@ -99,7 +99,7 @@ def main() -> None:
     gov = GovernanceStore(settings.governance_db)
     registry, audit = Registry(gov), AuditLog(gov, audit_key())
     store = artifact_store_from_uri(settings.artifacts_uri, settings.s3_endpoint_url)
-    with torch_threads():
+    with compute_threads():
         t0 = time.perf_counter()
         state = load_state(registry, store)
         load_s = time.perf_counter() - t0

@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 
 from ple_platform.core.data.synthetic import SyntheticConfig, generate
-from ple_platform.core.runtime import torch_threads
+from ple_platform.core.runtime import compute_threads
 from ple_platform.core.settings import Settings
 from ple_platform.defs.resources import build_resources
 
@@ -19,7 +19,7 @@ TEST_MONTHS = 6
 def one_torch_thread():
     """The whole suite runs torch on one intra-op thread (see core/runtime.py: on a busy 2-core machine two
     threads make small ops many times slower) and restores the setting afterwards."""
-    with torch_threads():
+    with compute_threads():
         yield
 
 

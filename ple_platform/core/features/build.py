@@ -27,7 +27,7 @@ from ple_platform.core.features.panel import (
     subsample,
     transactions_window,
 )
-from ple_platform.core.runtime import torch_threads
+from ple_platform.core.runtime import compute_threads
 from ple_platform.core.features.spec import (
     GMM_COMPONENTS,
     GRAPH_EMBED_DIM,
@@ -286,7 +286,7 @@ BUILDERS: dict[str, Callable[[BuildContext], GroupOutput]] = {
 
 def build_group(name: str, ctx: BuildContext) -> GroupOutput:
     spec = group(name)
-    with torch_threads():
+    with compute_threads():
         out = BUILDERS[name](ctx)
     if out.values.shape != (len(ctx.pop), spec.dim):
         raise ValueError(f"feature group {name}: builder returned shape {out.values.shape}, spec says ({len(ctx.pop)}, {spec.dim})")

@@ -43,7 +43,7 @@ from ple_platform.core.model.evaluate import (
 from ple_platform.core.model.inference import load_checkpoint_data, predict_month
 from ple_platform.core.model.teacher import TeacherSettings, fit_teacher, load_teacher
 from ple_platform.core.model.products import fit_product_priors, product_scores
-from ple_platform.core.runtime import torch_threads
+from ple_platform.core.runtime import compute_threads
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
 from ple_platform.core.tasks.split import TimeSplit
 
@@ -157,7 +157,7 @@ def assess_teacher(con: duckdb.DuckDBPyConnection, checkpoint: bytes, workdir: P
         map7[name] = map_at_k_ci(scores, held[known], acquired[known], n_boot=n_boot, seed=seed)
 
     rows = np.arange(min(settings.faithfulness_rows, scaled_test.n_rows))
-    with torch_threads():
+    with compute_threads():
         faith = gate_faithfulness_all(model, scaled_test.to_batch(rows), labels=scaled_test.label_tensors(rows))
         crows = rows[: settings.faithfulness_control_rows]
         control = gate_faithfulness_control(model, scaled_test.to_batch(crows), n_perm=settings.faithfulness_control_perms,

@@ -18,7 +18,7 @@ import torch
 from ple_platform.core.model.data import FeatureScaler, MonthData, load_months
 from ple_platform.core.model.ple import PLEModel, predict
 from ple_platform.core.model.teacher import TeacherSettings, load_teacher
-from ple_platform.core.runtime import torch_threads
+from ple_platform.core.runtime import compute_threads
 from ple_platform.core.tasks.split import TimeSplit
 
 
@@ -46,7 +46,7 @@ def predict_month(model: PLEModel, md: MonthData, batch_size: int = 1024) -> Mon
     preds: dict[str, list[np.ndarray]] = {}
     gates: dict[str, list[np.ndarray]] = {}
     try:
-        with torch_threads():
+        with compute_threads():
             for start in range(0, md.n_rows, batch_size):
                 rows = np.arange(start, min(start + batch_size, md.n_rows))
                 batch = {k: v.to(device) for k, v in md.to_batch(rows).items()}

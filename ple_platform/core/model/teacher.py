@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ple_platform.core.runtime import torch_threads
+from ple_platform.core.runtime import compute_threads
 from ple_platform.core.tasks.split import TimeSplit, time_split
 from ple_platform.core.versioning import source_version
 
@@ -103,13 +103,13 @@ def fit_teacher(
     model = PLEModel(settings.ple_config())
     train_cfg = TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=settings.patience)
     t0 = time.perf_counter()
-    with torch_threads():
+    with compute_threads():
         model, history = _train(model, data, train_cfg, settings, workdir, resume,
                                 f"{progress_label} {model_month:%Y-%m}")
     seconds = time.perf_counter() - t0
     n_train = len(data.part("train").customer_ids)
     epochs_run = len(history["epochs"])
-    with torch_threads():
+    with compute_threads():
         val = evaluate(model, data.batches("validation", 1024), device=next(model.parameters()).device)
     return _result(model, data, settings, split, val, history, seconds, n_train * epochs_run / max(seconds, 1e-9))
 
