@@ -27,6 +27,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from datetime import date
 from typing import Literal
 
@@ -77,6 +78,7 @@ class MissingDataError(LookupError):
 # --------------------------------------------------------------------------------------------------- columns
 
 
+@lru_cache(maxsize=1)
 def unscaled_columns() -> frozenset[str]:
     """Columns the scaler leaves as they are.
 
@@ -91,6 +93,7 @@ def unscaled_columns() -> frozenset[str]:
     return frozenset(CATEGORICAL_COLUMNS) | frozenset(lag)
 
 
+@lru_cache(maxsize=1)
 def dropped_columns() -> frozenset[str]:
     """The lag tensor's MCC index and hour columns: codes, never magnitudes. The tabular view zeroes them; they
     reach the model through ``txn_seq``, where the temporal, HGCN and OT experts embed or bucket them."""
@@ -244,49 +247,73 @@ def _existing_tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {f"{schema}.{name}" for schema, name in rows}
 
 
-def _check_month(con: duckdb.DuckDBPyConnection, month: date) -> None:
-    """Every group table and the diagram table exist and hold rows for ``month``; raise naming the first gap."""
+def _check_months(con: duckdb.DuckDBPyConnection, months: Sequence[date]) -> None:
+    """Every group table and the diagram table exist and hold rows for each month; raise naming the first gap."""
     existing = _existing_tables(con)
     for table in [g.table for g in FEATURE_GROUPS] + [DIAGRAM_TABLE]:
         if table not in existing:
             raise MissingDataError(
-                f"{table} does not exist in the warehouse (needed for month {month:%Y-%m}); "
+                f"{table} does not exist in the warehouse (needed for month {months[0]:%Y-%m}); "
                 f"materialize the feature assets first"
             )
     union = " UNION ALL ".join(
-        f"SELECT '{g.table}' AS t, count(*) AS n FROM {g.table} WHERE month = $m" for g in FEATURE_GROUPS
+        f"SELECT '{g.table}' AS t, month, count(*) AS n FROM {g.table} WHERE month IN (SELECT unnest($ms)) GROUP BY month"
+        for g in FEATURE_GROUPS
     )
-    counts = dict(con.execute(union, {"m": month}).fetchall())
-    for g in FEATURE_GROUPS:
-        if counts[g.table] == 0:
-            raise MissingDataError(
-                f"{g.table} has no rows for month {month:%Y-%m}; materialize partition {month} of {g.name}"
-            )
-    kinds = dict(con.execute(
-        f"SELECT kind, count(*) FROM {DIAGRAM_TABLE} WHERE month = ? GROUP BY kind", [month]
-    ).fetchall())
-    for kind in DIAGRAM_KINDS:
-        if not kinds.get(kind):
-            raise MissingDataError(
-                f"{DIAGRAM_TABLE} has no '{kind}' points for month {month:%Y-%m}; "
-                f"materialize partition {month} of tda_{kind}"
-            )
-    unknown = set(kinds) - set(DIAGRAM_KINDS)
+    counts = {(t, m): n for t, m, n in con.execute(union, {"ms": list(months)}).fetchall()}
+    kinds = {(m, k): n for m, k, n in con.execute(
+        f"SELECT month, kind, count(*) FROM {DIAGRAM_TABLE} WHERE month IN (SELECT unnest($ms)) GROUP BY ALL",
+        {"ms": list(months)}).fetchall()}
+    for month in months:
+        for g in FEATURE_GROUPS:
+            if not counts.get((g.table, month)):
+                raise MissingDataError(
+                    f"{g.table} has no rows for month {month:%Y-%m}; materialize partition {month} of {g.name}"
+                )
+        for kind in DIAGRAM_KINDS:
+            if not kinds.get((month, kind)):
+                raise MissingDataError(
+                    f"{DIAGRAM_TABLE} has no '{kind}' points for month {month:%Y-%m}; "
+                    f"materialize partition {month} of tda_{kind}"
+                )
+    unknown = {k for _, k in kinds} - set(DIAGRAM_KINDS)
     if unknown:
-        raise ValueError(f"{DIAGRAM_TABLE} month {month:%Y-%m}: unknown diagram kinds {sorted(unknown)}")
+        raise ValueError(f"{DIAGRAM_TABLE} months {months[0]:%Y-%m}..{months[-1]:%Y-%m}: unknown diagram kinds {sorted(unknown)}")
+
+
+def months_customer_ids(con: duckdb.DuckDBPyConnection, months: Sequence[date], max_per_month: int | None = None,
+                        seed: int = 0) -> list[np.ndarray]:
+    """Per month, the sorted customer ids present in all 17 group tables (inner join), optionally cut to the
+    ``max_per_month`` that ``subsample_customers`` picks; one query for all months. Raises MissingDataError."""
+    months = list(months)
+    _check_months(con, months)
+    inter = " INTERSECT ".join(
+        f"SELECT month, customer_id FROM {g.table} WHERE month IN (SELECT unnest($ms))" for g in FEATURE_GROUPS)
+    params: dict = {"ms": months}
+    pick = ""
+    if max_per_month is not None:  # the same order as subsample_customers: md5(seed:id), then id
+        pick = ("QUALIFY row_number() OVER (PARTITION BY month ORDER BY md5($seed || ':' || customer_id), "
+                "customer_id) <= $k")
+        params.update(seed=str(int(seed)), k=int(max_per_month))
+    t = _arrow(con, f"SELECT month, customer_id FROM ({inter}) {pick} ORDER BY month, customer_id", params)
+    got = t.column("month").to_numpy(zero_copy_only=False).astype("datetime64[D]")
+    ids = t.column("customer_id").to_numpy(zero_copy_only=False).astype(object)
+    demo = dict(con.execute("SELECT month, count(*) FROM features.demographics WHERE month IN (SELECT unnest($ms)) "
+                            "GROUP BY month", {"ms": months}).fetchall())
+    out = []
+    for m in months:
+        sel = ids[got == np.datetime64(m, "D")]
+        n_all = len(sel) if max_per_month is None else None
+        if n_all is not None and n_all < demo.get(m, 0):
+            log.warning("month %s: %d of %d customers are missing from at least one feature group and are dropped",
+                        m, demo[m] - n_all, demo[m])
+        out.append(sel)
+    return out
 
 
 def month_customer_ids(con: duckdb.DuckDBPyConnection, month: date) -> np.ndarray:
     """Sorted customer ids present in all 17 group tables for ``month`` (inner join); raises MissingDataError."""
-    _check_month(con, month)
-    sql = " INTERSECT ".join(f"SELECT customer_id FROM {g.table} WHERE month = $m" for g in FEATURE_GROUPS)
-    ids = _arrow(con, f"SELECT customer_id FROM ({sql}) ORDER BY customer_id", {"m": month}).column(0)
-    ids = ids.to_numpy(zero_copy_only=False).astype(object)
-    (n_demo,) = con.execute("SELECT count(*) FROM features.demographics WHERE month = ?", [month]).fetchall()[0]
-    if len(ids) < n_demo:
-        log.warning("month %s: %d of %d customers are missing from at least one feature group and are dropped",
-                    month, n_demo - len(ids), n_demo)
-    return ids
+    return months_customer_ids(con, [month])[0]
 
 
 def subsample_customers(ids: np.ndarray, max_per_month: int | None, seed: int = 0) -> np.ndarray:
@@ -311,63 +338,86 @@ def subsample_customers(ids: np.ndarray, max_per_month: int | None, seed: int = 
     return np.sort(picked.to_numpy(zero_copy_only=False).astype(object))
 
 
-def _diagram_points(con: duckdb.DuckDBPyConnection, ids_view: str, month: date,
-                    max_points: int) -> dict[str, np.ndarray]:
-    """Points of ``month`` for the registered customers: row index i, slot r (0-based, most persistent first,
+# One query reads a table for several months at once (a feature table is a few row groups: a per-month query
+# scans and binds the whole table every time; the 800-column lag table took ~3 s per month). Months are batched so
+# one result stays near this many cells (float32: 256 MiB) — at most one month at 1M customers.
+MAX_QUERY_CELLS = 1 << 26
+_MONTH_IDS = "ids"  # columns of the registered row table: month, customer_id, i (row in the stacked MonthData)
+
+
+def _month_chunks(sizes: Sequence[int], width: int) -> list[slice]:
+    """Consecutive month index ranges whose rows x ``width`` stay under MAX_QUERY_CELLS (always >= 1 month)."""
+    chunks, start, cells = [], 0, 0
+    for j, n in enumerate(sizes):
+        if j > start and cells + n * width > MAX_QUERY_CELLS:
+            chunks.append(slice(start, j))
+            start, cells = j, 0
+        cells += n * width
+    chunks.append(slice(start, len(sizes)))
+    return chunks
+
+
+def _diagram_points(con: duckdb.DuckDBPyConnection, ids_view: str, max_points: int) -> dict[str, np.ndarray]:
+    """Points of the registered rows (month, customer): row index i, slot r (0-based, most persistent first,
     capped), birth, death, dim, kind code; plus the uncapped per-row count."""
     kind_code = "CASE kind " + " ".join(f"WHEN '{k}' THEN {i}" for i, k in enumerate(DIAGRAM_KINDS)) + " END"
     t = _arrow(con, f"""
         WITH pts AS (
             SELECT ids.i, d.birth, d.death, d.dim, {kind_code} AS kind_code
-            FROM {DIAGRAM_TABLE} d JOIN {ids_view} ids USING (customer_id) WHERE d.month = $m),
+            FROM {DIAGRAM_TABLE} d JOIN {ids_view} ids ON d.month = ids.month AND d.customer_id = ids.customer_id),
         ranked AS (
             SELECT *,
                    row_number() OVER (PARTITION BY i
                                       ORDER BY death - birth DESC, kind_code, dim, birth, death) - 1 AS r,
                    count(*) OVER (PARTITION BY i) AS n
             FROM pts)
-        SELECT i, r, n, birth, death, dim, kind_code FROM ranked WHERE r < $cap""", {"m": month, "cap": max_points})
+        SELECT i, r, n, birth, death, dim, kind_code FROM ranked WHERE r < $cap""", {"cap": max_points})
     return {c: t.column(c).to_numpy() for c in t.column_names}
 
 
-def _fill_group(con, ids_view: str, ids: pa.Array, table: str, columns: tuple[str, ...], month: date,
+def _fill_group(con, ids_view: str, rows: slice, table: str, columns: tuple[str, ...], span: str,
                 out: np.ndarray) -> None:
-    """Write ``columns`` of ``table`` for ``month`` (rows ordered like ``ids``) into ``out`` (n, len(columns))."""
+    """Write ``columns`` of ``table`` for the registered rows (row i -> ``out[i - rows.start]``) into ``out``."""
     cols = ", ".join(f'f."{c}"' for c in columns)
-    t = _arrow(con, f"SELECT f.customer_id, {cols} FROM {table} f SEMI JOIN {ids_view} USING (customer_id) "
-                    f"WHERE f.month = $m ORDER BY f.customer_id", {"m": month})
-    if t.num_rows != len(ids) or not t.column(0).combine_chunks().equals(ids):
-        raise ValueError(
-            f"{table} month {month:%Y-%m}: rows do not match the customers (duplicate customer_id rows?)"
-        )
+    t = _arrow(con, f"SELECT ids.i, {cols} FROM {table} f JOIN {ids_view} ids "
+                    f"ON f.month = ids.month AND f.customer_id = ids.customer_id ORDER BY ids.i")
+    i = t.column(0).to_numpy()
+    if len(i) != rows.stop - rows.start or not np.array_equal(i, np.arange(rows.start, rows.stop)):
+        raise ValueError(f"{table} months {span}: rows do not match the customers (duplicate customer_id rows?)")
     for j, c in enumerate(columns):
         col = t.column(j + 1)
         if col.null_count:
-            raise ValueError(
-                f"{table} month {month:%Y-%m}: column {c} has {col.null_count} NULLs (features are never NULL)"
-            )
+            raise ValueError(f"{table} months {span}: column {c} has {col.null_count} NULLs (features are never NULL)")
         out[:, j] = col.to_numpy()
     if not np.isfinite(out).all():
         bad = [columns[j] for j in np.flatnonzero(~np.isfinite(out).all(axis=0))[:5]]
-        raise ValueError(f"{table} month {month:%Y-%m}: non-finite values in {bad}")
+        raise ValueError(f"{table} months {span}: non-finite values in {bad}")
 
 
-def _fill_labels(con, ids_view: str, month: date, out: dict[str, np.ndarray]) -> bool:
-    """NaN-initialised ``out`` <- the month's labels by row; False (untouched) when the month has no labels."""
+def _labelled_months(con, months: Sequence[date]) -> set[date]:
     if LABEL_TABLE not in _existing_tables(con):
-        return False
-    (n,) = con.execute(f"SELECT count(*) FROM {LABEL_TABLE} WHERE month = ?", [month]).fetchall()[0]
-    if n == 0:
-        return False
+        return set()
+    return {m for (m,) in con.execute(f"SELECT DISTINCT month FROM {LABEL_TABLE} WHERE month IN (SELECT unnest($ms))",
+                                      {"ms": list(months)}).fetchall()}
+
+
+def _fill_labels(con, ids_view: str, rows: slice, span: str, out: dict[str, np.ndarray]) -> None:
+    """NaN-initialised ``out`` (indexed like the registered rows, from ``rows.start``) <- their labels."""
     cols = ", ".join(f'l."{t.name}"' for t in TASKS)
-    t = _arrow(con, f"SELECT ids.i, {cols} FROM {ids_view} ids JOIN {LABEL_TABLE} l USING (customer_id) "
-                    f"WHERE l.month = $m", {"m": month})
+    t = _arrow(con, f"SELECT ids.i, {cols} FROM {ids_view} ids JOIN {LABEL_TABLE} l "
+                    f"ON l.month = ids.month AND l.customer_id = ids.customer_id")
     i = t.column("i").to_numpy()
     if len(np.unique(i)) != len(i):
-        raise ValueError(f"{LABEL_TABLE} month {month:%Y-%m}: duplicate customer_id rows")
+        raise ValueError(f"{LABEL_TABLE} months {span}: duplicate customer_id rows")
     for task in TASKS:
-        out[task.name][i] = pc.fill_null(t.column(task.name).cast(pa.float64()), float("nan")).to_numpy()
-    return True
+        out[task.name][i - rows.start] = pc.fill_null(t.column(task.name).cast(pa.float64()), float("nan")).to_numpy()
+
+
+def _rows_table(months: Sequence[date], per_month: Sequence[np.ndarray], start: int) -> pa.Table:
+    ids = np.concatenate(per_month) if per_month else np.array([], dtype=object)
+    month = np.repeat(np.array(months, dtype="datetime64[D]"), [len(x) for x in per_month])
+    return pa.table({"month": pa.array(month, pa.date32()), "customer_id": pa.array(ids.tolist(), pa.string()),
+                     "i": pa.array(np.arange(start, start + len(ids), dtype=np.int64))})
 
 
 def load_months(con: duckdb.DuckDBPyConnection, months: Sequence[date], *, labels: bool | Literal["require"] = True,
@@ -378,57 +428,59 @@ def load_months(con: duckdb.DuckDBPyConnection, months: Sequence[date], *, label
     ``labels``: True = load when stored (None for the whole set if any month lacks them), "require" = raise
     MissingDataError naming the month without labels, False = never read. ``max_customers``: per-month subsample
     (``subsample_customers``). ``max_points``: diagram cap, keeping the most persistent points.
+
+    Each table is read once per batch of months (``MAX_QUERY_CELLS``), joined on (month, customer_id) to a
+    registered table of the wanted rows, so cost follows the rows read, not months x tables.
     """
     months = list(months)
     if not months:
         raise ValueError("load_months needs at least one month")
-    # Pass 1 (small): customers and diagram points of every month -> total rows and diagram width.
-    per_month = []
-    for m in months:
-        ids = subsample_customers(month_customer_ids(con, m), max_customers, sample_seed)
-        ids_pa = pa.array(ids.tolist(), pa.string())
-        with _Registered(con, pa.table({"customer_id": ids_pa, "i": pa.array(np.arange(len(ids)))})) as view:
-            pts = _diagram_points(con, view, m, max_points)
-        per_month.append((m, ids, ids_pa, pts))
-    n = sum(len(ids) for _, ids, _, _ in per_month)
-    p = max([int(pts["r"].max()) + 1 for *_, pts in per_month if len(pts["r"])] + [1])
+    per_month = months_customer_ids(con, months, max_customers, sample_seed)
+    sizes = [len(ids) for ids in per_month]
+    n = sum(sizes)
+    if labels:
+        have = _labelled_months(con, months)
+        missing = [m for m in months if m not in have]
+        if missing and labels == "require":
+            raise MissingDataError(f"{LABEL_TABLE} has no rows for month {missing[0]:%Y-%m}; "
+                                   f"materialize task_labels {missing[0]}")
+        all_labelled = not missing
+    else:
+        all_labelled = False
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    width = max(g.dim for g in FEATURE_GROUPS)
+    chunks = _month_chunks(sizes, width)
 
     groups = {g.name: np.empty((n, g.dim), np.float32) for g in _STORED_GROUPS}
     txn_seq = np.empty((n, LAG_LENGTH, _N_CHANNELS), np.float32)
+    label_arrays = {t.name: np.full(n, np.nan) for t in TASKS} if all_labelled else None
+    month_col = np.repeat(np.array(months, dtype="datetime64[D]"), sizes)
+    points = []
+    for ch in chunks:
+        rows = slice(int(offsets[ch.start]), int(offsets[ch.stop]))
+        span = f"{months[ch.start]:%Y-%m}..{months[ch.stop - 1]:%Y-%m}"
+        with _Registered(con, _rows_table(months[ch], per_month[ch], rows.start)) as view:
+            points.append(_diagram_points(con, view, max_points))
+            for g in _STORED_GROUPS:
+                _fill_group(con, view, rows, g.table, g.columns, span, groups[g.name][rows])
+            # column order = (lag, channel): the reshape is a view of the slice
+            _fill_group(con, view, rows, f"features.{LAG_GROUP}", _LAG_COLUMNS, span,
+                        txn_seq[rows].reshape(rows.stop - rows.start, -1))
+            if label_arrays is not None:
+                _fill_labels(con, view, rows, span, {k: v[rows] for k, v in label_arrays.items()})
+
+    pts = {k: np.concatenate([p[k] for p in points]) for k in points[0]}
+    p = max(int(pts["r"].max()) + 1 if len(pts["r"]) else 1, 1)
     diagrams = np.zeros((n, p, 4), np.float32)
     n_points = np.zeros(n, np.int32)
-    label_arrays = {t.name: np.full(n, np.nan) for t in TASKS} if labels else None
-    all_labelled = bool(labels)
-    month_col = np.empty(n, "datetime64[D]")
-
-    # Pass 2: write every month's columns into its slice.
-    start = 0
-    for m, ids, ids_pa, pts in per_month:
-        sl = slice(start, start + len(ids))
-        month_col[sl] = np.datetime64(m, "D")
-        with _Registered(con, pa.table({"customer_id": ids_pa, "i": pa.array(np.arange(len(ids)))})) as view:
-            for g in _STORED_GROUPS:
-                _fill_group(con, view, ids_pa, g.table, g.columns, m, groups[g.name][sl])
-            _fill_group(con, view, ids_pa, f"features.{LAG_GROUP}", _LAG_COLUMNS, m,
-                        txn_seq[sl].reshape(len(ids), -1))  # column order = (lag, channel): a view of the slice
-            if labels:
-                sub = {k: v[sl] for k, v in label_arrays.items()}  # views
-                if not _fill_labels(con, view, m, sub):
-                    if labels == "require":
-                        raise MissingDataError(
-                            f"{LABEL_TABLE} has no rows for month {m:%Y-%m}; materialize task_labels {m}"
-                        )
-                    all_labelled = False
-        i, r = pts["i"].astype(np.int64) + start, pts["r"].astype(np.int64)
-        diagrams[i, r] = np.stack([pts["birth"], pts["death"], pts["dim"], pts["kind_code"]], axis=1)
-        n_points[i] = pts["n"]
-        start = sl.stop
-
+    i, r = pts["i"].astype(np.int64), pts["r"].astype(np.int64)
+    diagrams[i, r] = np.stack([pts["birth"], pts["death"], pts["dim"], pts["kind_code"]], axis=1)
+    n_points[i] = pts["n"]
     mask = np.arange(p)[None, :] < np.minimum(n_points, p)[:, None]
-    ids_all = np.concatenate([ids for _, ids, _, _ in per_month]) if len(per_month) > 1 else per_month[0][1]
+    ids_all = np.concatenate(per_month) if len(per_month) > 1 else per_month[0]
     return MonthData(
         customer_ids=ids_all, months=month_col, groups=groups, txn_seq=txn_seq, diagrams=diagrams,
-        diagram_mask=mask, holdings=groups[HOLDINGS_GROUP].copy(), labels=label_arrays if all_labelled else None,
+        diagram_mask=mask, holdings=groups[HOLDINGS_GROUP].copy(), labels=label_arrays,
         diagram_points=n_points,
     )
 
