@@ -4,7 +4,9 @@ Writers are many and short-lived: Dagster run subprocesses, the sensor daemon, t
 all record governance facts, possibly while a Dagster run holds the (large) warehouse DuckDB file open for
 writing. DuckDB admits one read-write process per file, so governance lives in its own file (by default
 ``<data_dir>/governance.duckdb``) that nobody keeps open: every operation attaches it, works inside one
-transaction and detaches it again (a few ms; see ``_attached``).
+transaction and detaches it again (a few ms; see ``_attached``). The one exception is ``session()``: a
+long-lived writer (the serving API's audit group commit) keeps it attached and locked while it has work and
+releases it when idle or after a bounded hold, so other writers wait at most that long.
 
 The single sequencer is an ``fcntl.flock`` on the sibling lock file ``<db>.lock``: ``transaction()`` holds it
 exclusively (so "read the last audit row, append the next one" is atomic across processes), ``read()`` holds it
@@ -138,6 +140,25 @@ def canonical_json(value: Any, where: str = "value") -> str:
                       allow_nan=False)
 
 
+class StoreSession:
+    """Transactions on a connection that ``GovernanceStore.session()`` holds attached and locked."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The held connection inside BEGIN/COMMIT; rolled back on any error."""
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+
 class GovernanceStore:
     """Brief, serialised access to the governance DuckDB file at ``path`` (lock file ``<path>.lock``)."""
 
@@ -164,16 +185,20 @@ class GovernanceStore:
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection inside BEGIN/COMMIT, under the exclusive lock; rolled back on any error."""
+        with self.session() as held, held.transaction() as con:
+            yield con
+
+    @contextmanager
+    def session(self) -> Iterator[StoreSession]:
+        """The exclusive lock and the read-write attachment held across many transactions, for one long-lived
+        writer (the serving API's audit group commit): each ``transaction()`` of the session is then one DuckDB
+        commit (the WAL is synced, so a committed entry is durable) instead of attach + commit + the checkpoint
+        on detach. While it is open no other process or thread can read or write the store, so a holder closes
+        it when idle and after a bounded time (see ``serving.app.AuditBatcher``)."""
         with self._locked(exclusive=True), self._attached(read_only=False) as con:
             if not self._ready:
                 self._create_schema(con)
-            con.execute("BEGIN TRANSACTION")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+            yield StoreSession(con)
 
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
