@@ -214,8 +214,12 @@ class AuditLog:
             prev_hash = h
         values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(out))
         con.execute(f"INSERT INTO audit_log VALUES {values}", rows)
-        con.execute("INSERT OR REPLACE INTO audit_head VALUES (?, ?, ?, ?)",
-                    [_HEAD_ID, seq, prev_hash, head_mac(self._key, seq, prev_hash)])
+        mac = head_mac(self._key, seq, prev_hash)
+        # UPDATE of the one head row is ~3x cheaper in DuckDB than INSERT OR REPLACE; the first entry creates it.
+        updated = con.execute("UPDATE audit_head SET seq = ?, hash = ?, mac = ? WHERE id = ?",
+                              [seq, prev_hash, mac, _HEAD_ID]).fetchone()[0]
+        if not updated:
+            con.execute("INSERT INTO audit_head VALUES (?, ?, ?, ?)", [_HEAD_ID, seq, prev_hash, mac])
         return out
 
     def entries(self, event: str | AuditEvent | None = None, subject: str | None = None) -> list[AuditEntry]:

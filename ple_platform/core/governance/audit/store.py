@@ -85,6 +85,8 @@ class CanonicalJSONError(ValueError):
 _PATH_LOCKS: dict[str, threading.Lock] = {}
 _PATH_LOCKS_GUARD = threading.Lock()
 _IN_TRANSACTION = threading.local()
+# Threads of this process waiting for a path's lock: a long-lived session holder yields to them early.
+_WAITING: dict[str, int] = {}
 
 
 def _path_lock(path: str) -> threading.Lock:
@@ -209,6 +211,10 @@ class GovernanceStore:
         with self._locked(exclusive=False), self._attached(read_only=True) as con:
             yield con
 
+    def threads_waiting(self) -> int:
+        """How many other threads of this process wait for this store (a ``session()`` holder yields to them)."""
+        return _WAITING.get(str(self.path), 0)
+
     # -- internals -----------------------------------------------------------------------------------------
 
     @contextmanager
@@ -222,7 +228,14 @@ class GovernanceStore:
                 f"nested governance transaction on {key}: finish the open transaction() / read() first")
         deadline = time.monotonic() + self.lock_timeout_s
         thread_lock = _path_lock(key)
-        if not thread_lock.acquire(timeout=self.lock_timeout_s):
+        with _PATH_LOCKS_GUARD:
+            _WAITING[key] = _WAITING.get(key, 0) + 1
+        try:
+            got = thread_lock.acquire(timeout=self.lock_timeout_s)
+        finally:
+            with _PATH_LOCKS_GUARD:
+                _WAITING[key] -= 1
+        if not got:
             raise GovernanceLockTimeout(f"governance store {key}: no thread lock within {self.lock_timeout_s:g} s")
         held.add(key)
         try:
