@@ -305,3 +305,57 @@ def test_append_many_is_all_or_nothing(store):
     with pytest.raises(CanonicalJSONError):
         log.append_many([(AuditEvent.SERVED, "ok", {}, "serving"), (AuditEvent.SERVED, "bad", {"x": object()}, "s")])
     assert len(log.entries()) == 1 and log.verify().ok
+
+
+def test_a_writer_session_commits_durable_groups_and_holds_the_store_until_closed(store):
+    log = _filled(store, 2)
+    impatient = AuditLog(GovernanceStore(store.path, lock_timeout_s=0.2), KEY)
+    with log.writer() as writer:
+        first = writer.append_many([(AuditEvent.SERVED, f"request/{i}", {"i": i}, "serving") for i in range(3)])
+        second = writer.append_many([(AuditEvent.SERVED, "request/3", {"i": 3}, "serving")])
+        assert [e.seq for e in first + second] == [3, 4, 5, 6] and second[0].prev_hash == first[-1].hash
+        with pytest.raises(AuditLogError, match="unknown audit event"):  # a bad group writes nothing
+            writer.append_many([("nonsense", "bad", {}, "serving")])
+        assert writer.append_many([(AuditEvent.SERVED, "request/4", {"i": 4}, "serving")])[0].seq == 7
+        # ...and nobody else gets the store until the session closes (another thread here waits for it).
+        failed = []
+        t = threading.Thread(target=lambda: failed.extend(_raises(lambda: impatient.append("report", "r", {}))))
+        t.start()
+        t.join()
+        assert failed and isinstance(failed[0], GovernanceLockTimeout)
+    impatient.append("report", "after", {})  # closed: others write again and continue the same chain
+    assert [e.seq for e in log.entries()] == list(range(1, 9)) and log.verify().ok
+
+
+def _commit_then_die(path: str, key: bytes) -> None:
+    with AuditLog(GovernanceStore(path), key).writer() as writer:
+        writer.append_many([(AuditEvent.SERVED, f"request/{i}", {"i": i}, "serving") for i in range(5)])
+        os._exit(0)  # no detach, no checkpoint: what a crash right after the commit leaves
+
+
+def test_a_writer_session_commit_survives_a_crash_of_the_process(store):
+    _filled(store, 1)
+    proc = multiprocessing.get_context("spawn").Process(target=_commit_then_die, args=(str(store.path), KEY))
+    proc.start()
+    proc.join(120)
+    assert proc.exitcode == 0
+    log = AuditLog(store, KEY)
+    assert [e.subject for e in log.entries(event=AuditEvent.SERVED)] == [f"request/{i}" for i in range(5)]
+    assert log.verify().ok
+
+
+def test_a_writer_session_refuses_to_extend_a_broken_head(store):
+    log = _filled(store, 3)
+    _raw(store, "UPDATE audit_head SET mac = 'forged'")
+    with pytest.raises(AuditIntegrityError, match="MAC"):
+        with log.writer() as writer:
+            writer.append_many([(AuditEvent.SERVED, "request/x", {}, "serving")])
+    assert len(log.entries()) == 3
+
+
+def _raises(fn) -> list[BaseException]:
+    try:
+        fn()
+    except BaseException as err:  # noqa: BLE001 - the test inspects it
+        return [err]
+    return []

@@ -86,6 +86,9 @@ def platform(served_platform, tmp_path_factory, landing_dir):
             con.execute("INSERT INTO governance.profiling_opt_outs VALUES (?)", [opted])
             profiles = dict(con.execute("SELECT customer_id, suitability_profile FROM raw.customers WHERE month = ?",
                                         [M6]).fetchall())
+        # The copy must arrive with an intact chain: the audit tests below verify it after serving.
+        verdict = res["governance"].audit_log().verify()
+        assert verdict.ok, f"the session's served platform has a broken audit chain: {verdict.reason}"
         _snapshot(res)
         yield {"res": res, "settings": settings, "env": env, "opted": opted, "batch_ids": batch_ids[1:],
                "profiles": profiles}
@@ -223,7 +226,6 @@ def test_kill_switch_needs_the_admin_token_answers_503_and_is_recorded(server, p
     assert "kill_switch" in actions and "refused_kill_switch" in actions
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: fails on main since the governance layout and teacher merges; under investigation (docs/serving.md, Not done yet)")
 def test_every_response_is_audited_in_group_commits_and_the_chain_verifies(server, platform):
     before = len(server.audit.entries(event=AuditEvent.SERVED))
     ids = platform["batch_ids"][:20]
@@ -278,7 +280,6 @@ def test_hot_swap_under_concurrent_requests_never_mixes_versions(server, platfor
     assert server.client.get("/v1/model").json()["serving"]["snapshot_sha256"] == new
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: fails on main since the governance layout and teacher merges; under investigation (docs/serving.md, Not done yet)")
 def test_a_corrupted_student_is_refused_at_reload_and_the_old_state_keeps_serving(server, platform):
     champion = server.registry.champion()
     task, art = sorted(champion.students.items())[0]
@@ -362,19 +363,26 @@ def test_serving_controls_become_evidence_only_once_the_server_exercised_them(se
     assert ev["ai_disclosure"] is True and ev["served_responses"] == len(server.audit.entries(event=AuditEvent.SERVED))
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: hypothesis Unsatisfiable for an operation without negative cases; the fuzz harness is not finished (docs/serving.md, Not done yet)")
 def test_schema_fuzz_from_the_openapi_document_finds_no_5xx(server, platform):
-    """schemathesis, bounded: 40 valid + 40 schema-violating cases per operation, against the real server."""
+    """schemathesis, bounded: 40 valid + 40 schema-violating cases per operation, against the real server.
+
+    An operation without parameters or body (GET /healthz, POST /admin/reload, ...) has no schema-violating
+    input, so it gets only the valid mode (hypothesis would report the negative mode Unsatisfiable); every other
+    operation must produce negative cases."""
     import hypothesis
-    import hypothesis.errors
     import schemathesis
 
     schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
     ops = [r.ok() for r in schema.get_all_operations()]
     assert {op.path for op in ops} >= {"/v1/recommendations", "/admin/reload", "/admin/kill-switch", "/v1/model"}
     statuses: list[int] = []
+    without_input = set()
     for op in ops:
-        for mode in schemathesis.GenerationMode:
+        has_input = any(len(part) for part in (op.path_parameters, op.headers, op.cookies, op.query, op.body))
+        if not has_input:
+            without_input.add(f"{op.method.upper()} {op.path}")
+        modes = list(schemathesis.GenerationMode) if has_input else [schemathesis.GenerationMode.POSITIVE]
+        for mode in modes:
             @hypothesis.settings(max_examples=40, deadline=None, database=None, derandomize=True,
                                  suppress_health_check=list(hypothesis.HealthCheck))
             @hypothesis.given(case=op.as_strategy(generation_mode=mode))
@@ -382,10 +390,44 @@ def test_schema_fuzz_from_the_openapi_document_finds_no_5xx(server, platform):
                 r = case.call(base_url=server.url)
                 statuses.append(r.status_code)
                 assert r.status_code < 500, f"{case.method} {case.path} {case.body!r} -> {r.status_code} {r.text}"
-            try:
-                fuzz()
-            except hypothesis.errors.Unsatisfiable:
-                # An operation without parameters or body has no schema-violating input to generate.
-                assert mode is schemathesis.GenerationMode.NEGATIVE and op.method.upper() == "GET", op.path
+            fuzz()
+    # The two body-taking operations were fuzzed with negative cases; reload really has no input.
+    assert "POST /admin/reload" in without_input
+    assert not {"POST /v1/recommendations", "POST /admin/kill-switch"} & without_input
     assert len(statuses) > 100 and {422, 401} <= set(statuses)
     assert server.audit.verify().ok
+
+
+def test_the_audit_writer_holds_its_session_under_load_and_yields_to_a_waiting_reader(tmp_path):
+    """No server needed: 4 threads submit continuously; one session serves many commits, and a reader thread of
+    the same process gets the store well within the 5 s maximum hold."""
+    from ple_platform.core.governance.audit.log import AuditLog
+    from ple_platform.core.governance.audit.store import GovernanceStore
+    from ple_platform.core.serving.app import AuditBatcher
+
+    log = AuditLog(GovernanceStore(tmp_path / "g.duckdb"), b"k")
+    batcher = AuditBatcher(log)
+    stop, seqs = threading.Event(), []
+
+    def submitter(w: int) -> None:
+        while not stop.is_set():
+            seqs.append(batcher.submit(AuditEvent.SERVED, f"request/{w}-{len(seqs)}", {"w": w}))
+
+    threads = [threading.Thread(target=submitter, args=(w,)) for w in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        n_read = len(log.entries(event=AuditEvent.SERVED))  # waits for the writer to yield the lock
+        waited = time.monotonic() - t0
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        batcher.close()
+    assert n_read > 0 and waited < 2.0, waited
+    assert batcher.transactions > batcher.sessions >= 2  # held across commits, and released for the reader
+    entries = log.entries(event=AuditEvent.SERVED)
+    assert sorted(seqs) == [e.seq for e in entries] and log.verify().ok

@@ -81,14 +81,23 @@ class AuditBatcher:
     """Group commit of audit entries: ``submit`` blocks until its entry is durable (one writer thread).
 
     A group is whatever queued while the previous commit ran (up to ``max_batch``), optionally topped up for
-    ``max_wait_s``. The default waits 0 s: a lone request commits at once, and under load the ~20-30 ms of one
-    governance transaction is itself the window in which the next group gathers."""
+    ``max_wait_s``. The default waits 0 s: a lone request commits at once, and under load the commit itself is
+    the window in which the next group gathers.
+
+    The writer thread keeps one ``AuditLog.writer()`` session (the governance file attached and its exclusive
+    lock held) while entries keep coming, so a group costs one DuckDB commit, not a re-attach and checkpoint.
+    It closes the session after ``idle_release_s`` without entries, as soon as another thread of this process
+    waits for the store (a reload reading the registry), and after ``max_hold_s`` of continuous load; after the
+    last two it stays off the lock for ``yield_s`` (longer than a waiter's poll interval). Other processes
+    (Dagster runs, the CLI) therefore wait at most about ``max_hold_s`` for the governance store."""
 
     def __init__(self, audit: AuditLog, max_batch: int = 256, max_wait_s: float = 0.0,
-                 timeout_s: float = 30.0) -> None:
+                 timeout_s: float = 30.0, idle_release_s: float = 0.05, max_hold_s: float = 5.0,
+                 yield_s: float = 0.02) -> None:
         self.audit, self.max_batch, self.max_wait_s, self.timeout_s = audit, max_batch, max_wait_s, timeout_s
+        self.idle_release_s, self.max_hold_s, self.yield_s = idle_release_s, max_hold_s, yield_s
         self._q: queue.Queue[_Pending | None] = queue.Queue()
-        self.transactions = self.entries = 0
+        self.transactions = self.entries = self.sessions = 0
         self._thread = threading.Thread(target=self._run, name="audit-group-commit", daemon=True)
         self._thread.start()
 
@@ -101,32 +110,67 @@ class AuditBatcher:
             raise AuditUnavailable(f"audit log unavailable: {p.error}") from p.error
         return int(p.seq)  # type: ignore[arg-type]
 
+    def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
+        """``first`` plus what is queued (bounded by ``max_batch`` and ``max_wait_s``); True once closing."""
+        group, deadline = [first], time.monotonic() + self.max_wait_s
+        while len(group) < self.max_batch:
+            try:
+                nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if nxt is None:
+                return group, True
+            group.append(nxt)
+        return group, False
+
+    def _commit(self, writer, group: list[_Pending]) -> bool:
+        try:
+            entries = writer.append_many([p.item for p in group])
+        except BaseException as err:  # noqa: BLE001 - every waiter must be released with the cause
+            for p in group:
+                p.error = err
+                p.done.set()
+            return False
+        for p, e in zip(group, entries):
+            p.seq = e.seq
+        self.transactions += 1
+        self.entries += len(group)
+        for p in group:
+            p.done.set()
+        return True
+
     def _run(self) -> None:
-        while True:
+        closing = False
+        while not closing:
             first = self._q.get()
             if first is None:
                 return
-            group, deadline = [first], time.monotonic() + self.max_wait_s
-            while len(group) < self.max_batch:
-                try:
-                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._q.put(None)
-                    break
-                group.append(nxt)
+            group, closing = self._gather(first)
+            yield_lock = False
             try:
-                entries = self.audit.append_many([p.item for p in group])
-                for p, e in zip(group, entries):
-                    p.seq = e.seq
-                self.transactions += 1
-                self.entries += len(group)
-            except BaseException as err:  # noqa: BLE001 - every waiter must be released with the cause
+                with self.audit.writer() as writer:
+                    self.sessions += 1
+                    opened = time.monotonic()
+                    # A failed commit ends the session: the next group starts from a fresh attachment.
+                    while self._commit(writer, group) and not closing:
+                        if time.monotonic() - opened > self.max_hold_s or self.audit.store.threads_waiting():
+                            yield_lock = True
+                            break
+                        try:
+                            nxt = self._q.get(timeout=self.idle_release_s)
+                        except queue.Empty:
+                            break
+                        if nxt is None:
+                            closing = True
+                            break
+                        group, closing = self._gather(nxt)
+            except BaseException as err:  # noqa: BLE001 - opening (lock timeout, broken head) or closing failed
                 for p in group:
-                    p.error = err
-            for p in group:
-                p.done.set()
+                    if not p.done.is_set():
+                        p.error = err
+                        p.done.set()
+            if yield_lock:
+                time.sleep(self.yield_s)  # let a process or thread waiting for the governance lock in
 
     def close(self) -> None:
         self._q.put(None)
@@ -405,7 +449,8 @@ def create_app(loader: Callable[[], ServingState], audit: AuditLog, *, fingerpri
     def metrics_text() -> str:
         """Prometheus text: latency histogram per source, event counters, audit group commits."""
         extra = (f"ple_serving_audit_transactions_total {batcher.transactions}\n"
-                 f"ple_serving_audit_entries_total {batcher.entries}\n")
+                 f"ple_serving_audit_entries_total {batcher.entries}\n"
+                 f"ple_serving_audit_sessions_total {batcher.sessions}\n")
         return metrics.text() + extra
 
     @app.post("/admin/reload")

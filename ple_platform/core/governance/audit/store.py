@@ -4,7 +4,9 @@ Writers are many and short-lived: Dagster run subprocesses, the sensor daemon, t
 all record governance facts, possibly while a Dagster run holds the (large) warehouse DuckDB file open for
 writing. DuckDB admits one read-write process per file, so governance lives in its own file (by default
 ``<data_dir>/governance.duckdb``) that nobody keeps open: every operation attaches it, works inside one
-transaction and detaches it again (a few ms; see ``_attached``).
+transaction and detaches it again (a few ms; see ``_attached``). The one exception is ``session()``: a
+long-lived writer (the serving API's audit group commit) keeps it attached and locked while it has work and
+releases it when idle or after a bounded hold, so other writers wait at most that long.
 
 The single sequencer is an ``fcntl.flock`` on the sibling lock file ``<db>.lock``: ``transaction()`` holds it
 exclusively (so "read the last audit row, append the next one" is atomic across processes), ``read()`` holds it
@@ -83,6 +85,8 @@ class CanonicalJSONError(ValueError):
 _PATH_LOCKS: dict[str, threading.Lock] = {}
 _PATH_LOCKS_GUARD = threading.Lock()
 _IN_TRANSACTION = threading.local()
+# Threads of this process waiting for a path's lock: a long-lived session holder yields to them early.
+_WAITING: dict[str, int] = {}
 
 
 def _path_lock(path: str) -> threading.Lock:
@@ -138,6 +142,25 @@ def canonical_json(value: Any, where: str = "value") -> str:
                       allow_nan=False)
 
 
+class StoreSession:
+    """Transactions on a connection that ``GovernanceStore.session()`` holds attached and locked."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The held connection inside BEGIN/COMMIT; rolled back on any error."""
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+
 class GovernanceStore:
     """Brief, serialised access to the governance DuckDB file at ``path`` (lock file ``<path>.lock``)."""
 
@@ -164,16 +187,20 @@ class GovernanceStore:
     @contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection inside BEGIN/COMMIT, under the exclusive lock; rolled back on any error."""
+        with self.session() as held, held.transaction() as con:
+            yield con
+
+    @contextmanager
+    def session(self) -> Iterator[StoreSession]:
+        """The exclusive lock and the read-write attachment held across many transactions, for one long-lived
+        writer (the serving API's audit group commit): each ``transaction()`` of the session is then one DuckDB
+        commit (the WAL is synced, so a committed entry is durable) instead of attach + commit + the checkpoint
+        on detach. While it is open no other process or thread can read or write the store, so a holder closes
+        it when idle and after a bounded time (see ``serving.app.AuditBatcher``)."""
         with self._locked(exclusive=True), self._attached(read_only=False) as con:
             if not self._ready:
                 self._create_schema(con)
-            con.execute("BEGIN TRANSACTION")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
+            yield StoreSession(con)
 
     @contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -183,6 +210,10 @@ class GovernanceStore:
                 pass
         with self._locked(exclusive=False), self._attached(read_only=True) as con:
             yield con
+
+    def threads_waiting(self) -> int:
+        """How many other threads of this process wait for this store (a ``session()`` holder yields to them)."""
+        return _WAITING.get(str(self.path), 0)
 
     # -- internals -----------------------------------------------------------------------------------------
 
@@ -197,7 +228,14 @@ class GovernanceStore:
                 f"nested governance transaction on {key}: finish the open transaction() / read() first")
         deadline = time.monotonic() + self.lock_timeout_s
         thread_lock = _path_lock(key)
-        if not thread_lock.acquire(timeout=self.lock_timeout_s):
+        with _PATH_LOCKS_GUARD:
+            _WAITING[key] = _WAITING.get(key, 0) + 1
+        try:
+            got = thread_lock.acquire(timeout=self.lock_timeout_s)
+        finally:
+            with _PATH_LOCKS_GUARD:
+                _WAITING[key] -= 1
+        if not got:
             raise GovernanceLockTimeout(f"governance store {key}: no thread lock within {self.lock_timeout_s:g} s")
         held.add(key)
         try:
