@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_MODEL = "claude-sonnet-4-5"
+# A model the pinned SDK lists and does not mark deprecated (a test checks); fast and small: rewrites are short.
+DEFAULT_MODEL = "claude-haiku-5-5"
 DEFAULT_PROMPT_VERSION = "reasons-v1"
 
 # System prompts by version. A new wording gets a new version, so cached rewrites of the old one are not reused.
@@ -123,10 +124,10 @@ class Reply:
     stop_reason: str | None
 
 
-def ask(client, config: LLMConfig, system: str, user: str, temperature: float = 0.0) -> Reply:
+def ask(client, config: LLMConfig, system: str, user: str) -> Reply:
     """One Messages API call (streamed when ``config.stream``); the SDK's exceptions propagate (see
-    ``failure_reason``)."""
-    kwargs = dict(model=config.model, max_tokens=config.max_tokens, system=system, temperature=temperature,
+    ``failure_reason``). SDK 2.12's ``messages.create`` takes no ``temperature``: the model's default applies."""
+    kwargs = dict(model=config.model, max_tokens=config.max_tokens, system=system,
                   messages=[{"role": "user", "content": user}])
     if config.stream:
         with client.messages.stream(**kwargs) as stream:

@@ -20,7 +20,7 @@ JUDGE_RULE = "llm_judge"
 
 def _vote(client: Any, config: LLMConfig, user: str, i: int) -> dict[str, Any]:
     try:
-        reply = ask(client, config, JUDGE_PROMPT, user, temperature=0.7)
+        reply = ask(client, config, JUDGE_PROMPT, user)
     except Exception as exc:  # noqa: BLE001 — any failure of a vote is a FAIL vote, never a pass
         return {"vote": i, "verdict": "ERROR", "why": failure_reason(exc)}
     first, _, rest = reply.text.partition("\n")
