@@ -102,6 +102,7 @@ _GUARANTEED = _rx(
     r"\bprincipal\b[^.!?]{0,30}\b(?:guaranteed|protected|safe|secure|assured)",
     r"\b(?:guaranteed|protected|assured)\b[^.!?]{0,15}\bprincipal",
     r"\b(?:sure|certain|assured|locked[- ]in|definite|promised)\s+(?:returns?|profits?|gains?|income|earnings)",
+    r"\b(?:returns?|profits?|gains?|income|earnings)\b[^.!?]{0,20}\block(?:ed)?\s+in\b",
     r"\b(?:double|triple)\s+your\s+(?:money|savings|investment)",
     r"\b(?:100\s?%|fully|completely|totally|perfectly)\s+(?:safe|secure|protected|insured)",
     r"\bwill\s+(?:definitely|certainly|surely|always)\s+(?:earn|grow|make|gain|profit|rise|increase|pay)",
@@ -111,6 +112,7 @@ _GUARANTEED = _rx(
     r"(?:수익|이익|이자|수익률|이득)\s*(?:을|를|이|가)?\s*(?:보장|약속|확정)",
     r"보장(?:된|되는|해\s*드리는)\s*(?:수익|이익|수익률|이자|금리)",
     r"손실\s*(?:이|을|은)?\s*(?:없|보전|보상|전혀|걱정\s*없|볼\s*일)",
+    r"(?:손실|손해)[^.!?]{0,15}(?:보전|보상|책임져)",
     r"손해\s*(?:를|가|는)?\s*(?:보지\s*않|볼\s*일|없|절대)",
     r"무위험|위험\s*(?:이|은)?\s*(?:전혀\s*)?없|안전\s*100|100\s*%\s*안전|절대\s*(?:손해|손실|안전)",
     r"(?:반드시|무조건|틀림없이)\s*(?:수익|이익|오릅|오를|벌|불어)",
@@ -177,7 +179,7 @@ _KO_SURNAMES = ("김이박최정강조윤장임한오서신권황안송류전홍
 _NAME_KO = re.compile(
     rf"(?<![가-힣])(?:(?:남궁|황보|제갈|선우|독고)[가-힣]{{1,2}}|[{_KO_SURNAMES}][가-힣]{{2}})\s?(?:고객님|고객께|님|씨|고객)")
 # Words that look like "surname + two syllables" before 님/고객님 but are not names.
-_NAME_KO_ENDINGS = tuple("의은는을를이가한된운던할될에와과로께인적")
+_NAME_KO_ENDINGS = tuple("의은는을를이가한된운던할될에와과로께인적신실")  # 신/실: honorific verb forms (가입하신)
 _NAME_KO_STOP = frozenset({"우리은", "신규", "기존", "모든", "이번", "오늘"})
 _PROTECTED = _rx(
     r"\b(?:age|aged|ages|years?\s+old|gender|sex|male|female|man|woman|men|women|religio\w*|race|racial|ethnic\w*|"
@@ -219,7 +221,7 @@ _EN_FUNCTION_WORDS = frozenset(
     "the a an you your of to and in is are on for with based would could may might has have our we this that it "
     "be as at by from can".split())
 _KO_POLITE_END = re.compile(r"(?:니다|니까|요|시오|죠)$")
-_KO_RUDE_ADDRESS = re.compile(r"(?<![가-힣])(?:너|너의|네가|니가|너는|너희|당신|당신의|자네)(?![가-힣])")
+_KO_RUDE_ADDRESS = re.compile(r"(?<![가-힣])(?:너|네가|니가|너희|당신|자네)(?:은|는|이|가|을|를|의|에게|한테|도)?(?![가-힣])")
 
 # Product mentions: each product's label (article dropped) and generic words, mapped to the products they can mean.
 _GENERIC_TERMS: dict[str, tuple[str, ...]] = {
@@ -410,7 +412,7 @@ def check(candidate: str, l1: L1Reason, *, has_suitability_profile: bool | None 
     if l1.lang == "ko":
         if hangul < 0.5:
             hit("language", f"Hangul share {hangul:.2f}")
-        elif hangul < 0.8 or foreign:
+        if (0 < hangul < 0.8) or foreign:
             hit("mixed_script", f"Hangul share {hangul:.2f}, other scripts {sorted(foreign)}")
     else:
         tokens = re.findall(r"[A-Za-z']+", body.lower())
