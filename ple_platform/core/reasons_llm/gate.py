@@ -96,7 +96,10 @@ STATUTORY_DEPOSIT_WORDING = _rx(
 
 _GUARANTEED = _rx(
     r"\bguarantee(?:d|s)?\b[^.!?]{0,40}\b(?:returns?|profits?|income|yields?|gains?|interest|growth|payouts?|earnings)",
-    r"\b(?:returns?|profits?|income|yields?|gains?|earnings)\b[^.!?]{0,20}\b(?:are|is|will\s+be)?\s*guaranteed",
+    r"\b(?:returns?|profits?|income|yields?|gains?|earnings|payouts?)\b[^.!?]{0,20}\b(?:are|is|will\s+be)?\s*"
+    r"(?:guaranteed|assured|certain|secured|promised)",
+    r"\b(?:will|would|could|can|shall)\s*(?:not|never|n't)\s+lose\b", r"\bnot\s+lose\s+(?:a\s+(?:cent|penny)|any)",
+    r"\bsafe\s+bet\b", r"\bno\s+downside\b", r"\bprotected\s+(?:from|against)\s+(?:any\s+)?loss", r"\bcan\s+only\s+go\s+up\b",
     r"\b(?:risk[- ]free|no\s+risk|zero\s+risk|without\s+(?:any\s+)?risk|can(?:'|no)?t\s+lose|cannot\s+lose|never\s+lose"
     r"|won'?t\s+lose|will\s+not\s+lose|lose\s+nothing|no\s+(?:chance|way)\s+(?:of|to)\s+los)",
     r"\bprincipal\b[^.!?]{0,30}\b(?:guaranteed|protected|safe|secure|assured)",
@@ -113,6 +116,8 @@ _GUARANTEED = _rx(
     r"보장(?:된|되는|해\s*드리는)\s*(?:수익|이익|수익률|이자|금리)",
     r"손실\s*(?:이|을|은)?\s*(?:없|보전|보상|전혀|걱정\s*없|볼\s*일)",
     r"(?:손실|손해)[^.!?]{0,15}(?:보전|보상|책임져)",
+    r"원금\s*(?:은|이|을)?\s*(?:걱정|염려)", r"(?:수익|이익|이자|배당|연금)[^.!?]{0,12}(?:확실|틀림없|꼬박꼬박|반드시)",
+    r"확실하게\s*(?:지급|드립|보장|받)", r"손해\s*볼\s*일", r"오르기만", r"잃을\s*(?:일|걱정)(?:은|이)?\s*없",
     r"손해\s*(?:를|가|는)?\s*(?:보지\s*않|볼\s*일|없|절대)",
     r"무위험|위험\s*(?:이|은)?\s*(?:전혀\s*)?없|안전\s*100|100\s*%\s*안전|절대\s*(?:손해|손실|안전)",
     r"(?:반드시|무조건|틀림없이)\s*(?:수익|이익|오릅|오를|벌|불어)",
@@ -129,6 +134,12 @@ _PRESSURE = _rx(
     r"오늘\s*(?:만|까지만)", r"한정\s*(?:판매|기간|수량|특가)|기간\s*한정", r"즉시\s*가입|반드시\s*가입",
     r"당장", r"마지막\s*기회", r"선착순", r"늦기\s*전에", r"하루빨리|하루\s*빨리", r"망설이지",
     r"가입\s*하셔야\s*(?:합니다|해요)",
+    r"\b(?:closes?|ends?|expires?)\s+(?:this|on|by|tomorrow|tonight|today|at\s+midnight)\b",
+    r"\bdecide\s+(?:quickly|fast|now|today|soon)\b", r"\bdon'?t\s+let\s+(?:this|it)\s+(?:pass|slip)", r"\bdeadline\b",
+    r"\bonly\s+until\b", r"\bthis\s+week\s+only\b", r"\bbefore\s+(?:monday|tuesday|wednesday|thursday|friday|"
+    r"saturday|sunday|midnight|tomorrow|the\s+end\s+of\s+(?:the\s+)?(?:day|week|month))\b", r"\bquickly\b",
+    r"빨리|얼른|어서\s", r"(?:이번\s*주|오늘|내일|주말|이번\s*달)[^.!?]{0,10}(?:지나면|까지만|이후에는|이후로는)",
+    r"신청하실\s*수\s*없", r"기한|마감|곧\s*종료|종료\s*예정|얼마\s*남지",
 )
 _SUPERLATIVE = _rx(
     r"\bbest\b", r"\bgreatest\b", r"\bhighest\b", r"\blowest\b", r"\bcheapest\b", r"\bunbeatable\b", r"\bunmatched\b",
@@ -141,6 +152,12 @@ _SUPERLATIVE = _rx(
     r"최고", r"최상", r"최저", r"최대", r"최적", r"1위", r"일등", r"제일", r"완벽", r"최선의",
     r"가장\s*(?:좋|유리|높|낮|저렴|인기|안전|확실|큰|뛰어|훌륭|적합|알맞)", r"업계\s*최", r"무조건", r"확실히|확실한",
     r"틀림없", r"엄청난", r"놀라운", r"압도적", r"독보적", r"유일한", r"단연", r"누구에게나", r"반드시",
+    r"\b\w+est\s+(?:move|choice|option|decision|product|deal|offer|way|pick|bet)\b", r"\bsimply\s+the\b",
+    r"\bnothing\s+(?:beats|compares)\b", r"\bbeyond\s+compare\b", r"\bsecond\s+to\s+none\b", r"\bno\s+better\b",
+    r"\bthe\s+only\s+(?:choice|option|product|card|account)\b", r"\bmust[- ]have\b", r"\bexcellent\b",
+    r"\bfantastic\b", r"\bsuperb\b", r"\bunmissable\b",
+    r"더할\s*나위\s*없", r"비교할\s*수\s*없", r"따라올\s*(?:수|상품)", r"으뜸", r"탁월", r"최강", r"유일", r"꼭\s*필요한",
+    r"(?:강력|적극)\s*추천", r"가장\s*현명",
 )
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _NUMBER_WORDS = _rx(
@@ -167,13 +184,14 @@ _ACCOUNT = _rx(
 _NAME_EN = re.compile(
     r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Sir|Madam)\.?\s+[A-Z][a-z]+|\b(?:Dear|Hi|Hello|Hey)\s+(?!Customer|Client|Valued|Sir|"
     r"Madam|There|All|Member)[A-Z][a-z]+|\b(?:customer|client|member)\s+[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?\b|^[A-Z][a-z]+,"
-    r"\s(?=[a-z])")
+    r"\s(?=[a-z])|\b(?:Thank\s+you|Thanks|Congratulations|Welcome(?:\s+back)?|Good\s+(?:morning|afternoon|evening)),?\s+"
+    r"[A-Z][a-z]+\b|,\s+[A-Z][a-z]+[.!?]$")
 # Sentence openers that the "Name, ..." pattern would otherwise take for a name.
 _EN_NOT_NAMES = frozenset(
     "Overall However Currently Recently Also Additionally Moreover Today Lately Finally First Firstly Second Based "
     "Given Since Looking Thanks Yes Well So Now Here Again Still Plus Besides Meanwhile Furthermore Therefore Thus "
     "Hence Indeed Importantly Simply Generally Typically Usually Specifically Particularly Clearly Notably This "
-    "Lastly Next Then Altogether".split())
+    "Lastly Next Then Altogether You Your We Our It This That".split())
 _KO_SURNAMES = ("김이박최정강조윤장임한오서신권황안송류전홍고문양손배백허유남심노하곽성차주우구민진나지엄채원천방공현함변"
                 "염여추도소석선설마길연위표명기반왕금옥육인맹제모탁국어은편용예경봉사부")
 _NAME_KO = re.compile(
@@ -206,7 +224,13 @@ _INJECTION = _rx(
     r"\bjson\b", r"\btemplate\b", r"\bpassword\b", r"\bpasscode\b", r"\bPIN\b", r"\bOTP\b", r"\bone[- ]time\s+(?:code|"
     r"password)", r"\bsecurity\s+code\b", r"\bverify\s+your\s+(?:identity|account|details)", r"\bclick\s+(?:here|the"
     r"\s+link|below)", r"\bcall\s+(?:us|this\s+number)\b", r"\b(?:send|wire|transfer)\s+(?:us\s+)?(?:money|funds|the"
-    r"\s+amount|a\s+payment)\b", r"\bpwned\b", r"\bhacked\b",
+    r"\s+amount|a\s+payment)\b", r"\bpwned\b", r"\bhacked\b", r"\bdeveloper'?s?\b",
+    r"\b(?:checks?|rules?|guidelines?|filters?|compliance|safeguards?)\s+(?:were|was|are|is|have\s+been|has\s+been)\s+"
+    r"(?:skipped|disabled|bypassed|ignored|turned\s+off|removed)", r"\b(?:bypass|override|skip)\w*\s+(?:the\s+)?(?:checks?|"
+    r"rules?|filters?|safety|compliance)", r"\bper\s+(?:the\s+)?(?:developer|admin|operator|system)", r"\(note:",
+    r"\bnote\s+to\b",
+    r"(?:규칙|지침|원칙)\s*(?:은|을|를)?\s*(?:적용하지|무시|따르지)", r"(?:검사|검증|심사|필터)\s*(?:를|을|는)?\s*(?:생략|건너|우회|끄)",
+    r"(?:개발자|관리자|운영자)\s*(?:의\s*)?(?:요청|지시)",
     r"이전\s*(?:의\s*)?(?:지시|명령|지침)", r"(?:지시|명령|지침)\s*(?:사항)?\s*(?:을|를)?\s*무시", r"무시하고", r"프롬프트",
     r"지시문|지시\s*사항", r"언어\s*모델", r"저는\s*(?:AI|인공지능|챗봇|어시스턴트)", r"인공지능\s*(?:으로서|모델)",
     r"죄송하지만|죄송합니다만", r"요청하신\s*(?:문장|내용|재작성)", r"다음은\s*(?:수정|재작성|바꾼|다시\s*쓴)",
@@ -374,7 +398,8 @@ def check(candidate: str, l1: L1Reason, *, has_suitability_profile: bool | None 
         if found:
             hit(rule, found[0])
             scrubbed = rx.sub(" ", scrubbed)
-    name = next((m for m in _NAME_EN.finditer(body) if m.group(0).rstrip(", ") not in _EN_NOT_NAMES), None)
+    name = next((m for m in _NAME_EN.finditer(body) if m.group(0).strip(",.!? ").split()[-1] not in _EN_NOT_NAMES),
+                None)
     if name is None:
         for m in _NAME_KO.finditer(body):
             word = re.sub(r"\s?(?:고객님|고객께|님|씨|고객)$", "", m.group(0))
