@@ -96,3 +96,31 @@ def test_a_warn_vote_gives_warn_with_the_minority_view(standin):
     standin.push(Reply("PASS\nok"), Reply("WARN\ndrift on province"), Reply("PASS\nok"))
     r = audit_review(good_month(), cfg(standin))
     assert (r.verdict, r.minority) == (WARN, "drift on province")
+
+
+def test_evidence_from_a_dagster_instance_a_failed_check_fails_and_an_empty_month_is_insufficient():
+    """The collector behind the ``ops_review`` asset, on a real (ephemeral) instance: a month whose run
+    materialized an asset with a failed ERROR check is FAIL; a month without any run is insufficient."""
+    import dagster as dg
+
+    from ple_platform.defs.governance.review import collect_dagster_evidence
+
+    months = dg.MonthlyPartitionsDefinition(start_date="2016-01-01")
+
+    @dg.asset(partitions_def=months, name="recommendations",
+              check_specs=[dg.AssetCheckSpec("rows_positive", asset="recommendations")])
+    def toy(context):
+        return dg.MaterializeResult(metadata={"rows": 0}, check_results=[
+            dg.AssetCheckResult(check_name="rows_positive", passed=False, severity=dg.AssetCheckSeverity.ERROR)])
+
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([toy], partition_key="2016-05-01", instance=instance).success
+    found = collect_dagster_evidence(instance, "2016-05-01", expected_assets=["recommendations"])
+    assert found["runs"][0]["status"] == "SUCCESS" and set(found["materializations"]) == {"recommendations"}
+    assert found["checks"] == [{"asset": "recommendations", "check": "rows_positive", "passed": False,
+                                "severity": "ERROR"}]
+    ev = MonthEvidence(month="2016-05-01", serving={"requests": 10, "errors": 0}, **found)
+    assert ops_review(ev, ["recommendations"]).verdict == FAIL
+    empty = collect_dagster_evidence(instance, "2016-04-01", expected_assets=["recommendations"])
+    assert empty == {"runs": None, "checks": None, "materializations": {}}
+    assert ops_review(MonthEvidence(month="2016-04-01", **empty), ["recommendations"]).verdict == INSUFFICIENT
