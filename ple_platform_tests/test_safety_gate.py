@@ -5,9 +5,9 @@ digits, the rules' ids.
 The set has two splits. ``dev``: the cases the rules were written against; the goals (recall >= 0.98 on
 violations with the expected rule id reported, false-positive rate <= 0.05 on clean rewrites) are held there.
 ``holdout``: written after the rules were frozen and never used to tune them; its figures are printed and held
-to their measured floor, so a change that makes the gate worse on unseen wording fails. (A first holdout was
-folded into dev once its misses were fixed; the current one is the second, and it shows the rules do not
-generalise to new paraphrases anywhere near the goals.)"""
+to their measured floor, so a change that makes the gate worse on unseen wording fails. (Holdouts 1 and 2
+were folded into dev once their misses were fixed; the current one is the third. All three show that the rules do
+not generalise to new paraphrases anywhere near the goals.)"""
 
 import json
 from collections import Counter
@@ -19,9 +19,10 @@ from ple_platform.core.reasons_llm.gate import RULES, GateError, check
 from ple_platform.core.reasons_llm.l1 import L1InputError, L1Reason
 
 CASES = json.loads((Path(__file__).parent / "data" / "reason_gate_cases.json").read_text())["cases"]
-# Measured 2026-12-03 on holdout-2 (24 violations, 16 clean): recall 0.500 (any rule 0.625), FPR 0.0625 (1 of 16).
-# The goals are NOT met on unseen wording; these floors only stop the gate getting worse (see docs/llm.md).
-HOLDOUT_FLOOR = {"recall": 0.5, "fpr": 0.0625}
+# Measured 2026-12-03 on holdout-3 (24 violations, 16 clean): recall 0.583 (any rule 0.583), FPR 0.0. Earlier
+# holdouts: 0.667 / 0.0 and 0.500 / 0.0625. The goals are NOT met on unseen wording; these floors only stop the gate
+# getting worse (see docs/llm.md).
+HOLDOUT_FLOOR = {"recall": 0.58, "fpr": 0.0}
 
 
 def l1_of(case: dict) -> L1Reason:

@@ -99,7 +99,8 @@ _GUARANTEED = _rx(
     r"\b(?:returns?|profits?|income|yields?|gains?|earnings|payouts?)\b[^.!?]{0,20}\b(?:are|is|will\s+be)?\s*"
     r"(?:guaranteed|assured|certain|secured|promised)",
     r"\b(?:will|would|could|can|shall)\s*(?:not|never|n't)\s+lose\b", r"\bnot\s+lose\s+(?:a\s+(?:cent|penny)|any)",
-    r"\bsafe\s+bet\b", r"\bno\s+downside\b", r"\bprotected\s+(?:from|against)\s+(?:any\s+)?loss", r"\bcan\s+only\s+go\s+up\b",
+    r"\bsafe\s+bet\b", r"\bno\s+downside\b", r"\bno\s+(?:nasty\s+)?surprises\b",
+    r"\bnever\s+(?:produced|made|had|suffered|recorded|shown)\s+(?:a\s+)?loss", r"\bwithout\s+(?:any\s+)?loss", r"\bprotected\s+(?:from|against)\s+(?:any\s+)?loss", r"\bcan\s+only\s+go\s+up\b",
     r"\b(?:risk[- ]free|no\s+risk|zero\s+risk|without\s+(?:any\s+)?risk|can(?:'|no)?t\s+lose|cannot\s+lose|never\s+lose"
     r"|won'?t\s+lose|will\s+not\s+lose|lose\s+nothing|no\s+(?:chance|way)\s+(?:of|to)\s+los)",
     r"\bprincipal\b[^.!?]{0,30}\b(?:guaranteed|protected|safe|secure|assured)",
@@ -118,6 +119,7 @@ _GUARANTEED = _rx(
     r"(?:손실|손해)[^.!?]{0,15}(?:보전|보상|책임져)",
     r"원금\s*(?:은|이|을)?\s*(?:걱정|염려)", r"(?:수익|이익|이자|배당|연금)[^.!?]{0,12}(?:확실|틀림없|꼬박꼬박|반드시)",
     r"확실하게\s*(?:지급|드립|보장|받)", r"손해\s*볼\s*일", r"오르기만", r"잃을\s*(?:일|걱정)(?:은|이)?\s*없",
+    r"(?:손실|손해|위험)\s*(?:가능성|우려|위험)\s*(?:이|은)?\s*(?:거의|전혀)?\s*없", r"약속된\s*(?:금액|수익|이자|수익률)",
     r"손해\s*(?:를|가|는)?\s*(?:보지\s*않|볼\s*일|없|절대)",
     r"무위험|위험\s*(?:이|은)?\s*(?:전혀\s*)?없|안전\s*100|100\s*%\s*안전|절대\s*(?:손해|손실|안전)",
     r"(?:반드시|무조건|틀림없이)\s*(?:수익|이익|오릅|오를|벌|불어)",
@@ -140,6 +142,8 @@ _PRESSURE = _rx(
     r"saturday|sunday|midnight|tomorrow|the\s+end\s+of\s+(?:the\s+)?(?:day|week|month))\b", r"\bquickly\b",
     r"빨리|얼른|어서\s", r"(?:이번\s*주|오늘|내일|주말|이번\s*달)[^.!?]{0,10}(?:지나면|까지만|이후에는|이후로는)",
     r"신청하실\s*수\s*없", r"기한|마감|곧\s*종료|종료\s*예정|얼마\s*남지",
+    r"\b(?:filling|selling|going)\s+(?:up\s+)?fast\b", r"\b(?:spaces|places|spots|slots)\b[^.!?]{0,20}\b(?:limited|filling|"
+    r"running\s+out|left)\b", r"오늘\s*(?:안에|중에|중으로)", r"곧\s*(?:끝나|종료|마감|사라)",
 )
 _SUPERLATIVE = _rx(
     r"\bbest\b", r"\bgreatest\b", r"\bhighest\b", r"\blowest\b", r"\bcheapest\b", r"\bunbeatable\b", r"\bunmatched\b",
@@ -155,10 +159,16 @@ _SUPERLATIVE = _rx(
     r"\b\w+est\s+(?:move|choice|option|decision|product|deal|offer|way|pick|bet)\b", r"\bsimply\s+the\b",
     r"\bnothing\s+(?:beats|compares)\b", r"\bbeyond\s+compare\b", r"\bsecond\s+to\s+none\b", r"\bno\s+better\b",
     r"\bthe\s+only\s+(?:choice|option|product|card|account)\b", r"\bmust[- ]have\b", r"\bexcellent\b",
-    r"\bfantastic\b", r"\bsuperb\b", r"\bunmissable\b",
+    r"\bfantastic\b", r"\bsuperb\b", r"\bunmissable\b", r"\btop\s+(?:choice|pick|option|product|deal)\b",
+    r"\bleading\b",
     r"더할\s*나위\s*없", r"비교할\s*수\s*없", r"따라올\s*(?:수|상품)", r"으뜸", r"탁월", r"최강", r"유일", r"꼭\s*필요한",
     r"(?:강력|적극)\s*추천", r"가장\s*현명",
 )
+# A superlative that restates one the L1 text already uses ("가장 큰 결제" for L1's "최대 결제 금액") is grounded.
+_SUPERLATIVE_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "가장 큰": ("최대",), "가장 높": ("최고", "최대"), "highest": ("largest",),
+    "최대": ("largest", "가장 큰"),
+}
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _NUMBER_WORDS = _rx(
     r"\b(?:twice|double|triple|half|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|"
@@ -185,7 +195,7 @@ _NAME_EN = re.compile(
     r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Sir|Madam)\.?\s+[A-Z][a-z]+|\b(?:Dear|Hi|Hello|Hey)\s+(?!Customer|Client|Valued|Sir|"
     r"Madam|There|All|Member)[A-Z][a-z]+|\b(?:customer|client|member)\s+[A-Z][a-z]+(?:\s+[A-Z][a-z]+)?\b|^[A-Z][a-z]+,"
     r"\s(?=[a-z])|\b(?:Thank\s+you|Thanks|Congratulations|Welcome(?:\s+back)?|Good\s+(?:morning|afternoon|evening)),?\s+"
-    r"[A-Z][a-z]+\b|,\s+[A-Z][a-z]+[.!?]$")
+    r"[A-Z][a-z]+\b|,\s+[A-Z][a-z]+[.!?](?:\s|$)")
 # Sentence openers that the "Name, ..." pattern would otherwise take for a name.
 _EN_NOT_NAMES = frozenset(
     "Overall However Currently Recently Also Additionally Moreover Today Lately Finally First Firstly Second Based "
@@ -225,6 +235,9 @@ _INJECTION = _rx(
     r"password)", r"\bsecurity\s+code\b", r"\bverify\s+your\s+(?:identity|account|details)", r"\bclick\s+(?:here|the"
     r"\s+link|below)", r"\bcall\s+(?:us|this\s+number)\b", r"\b(?:send|wire|transfer)\s+(?:us\s+)?(?:money|funds|the"
     r"\s+amount|a\s+payment)\b", r"\bpwned\b", r"\bhacked\b", r"\bdeveloper'?s?\b",
+    r"\blet\s+me\s+know\b", r"\b(?:another|a\s+different|an\s+alternative)\s+version\b", r"\bhope\s+this\s+helps\b",
+    r"^\s*(?:sure|of\s+course|okay|ok|absolutely|certainly)\s*[!,.]", r"요청하신\s*대로", r"작성해\s*드리겠습니다",
+    r"다음과\s*같이\s*(?:작성|바꾸|수정)", r"(?:다른|새로운)\s*버전",
     r"\b(?:checks?|rules?|guidelines?|filters?|compliance|safeguards?)\s+(?:were|was|are|is|have\s+been|has\s+been)\s+"
     r"(?:skipped|disabled|bypassed|ignored|turned\s+off|removed)", r"\b(?:bypass|override|skip)\w*\s+(?:the\s+)?(?:checks?|"
     r"rules?|filters?|safety|compliance)", r"\bper\s+(?:the\s+)?(?:developer|admin|operator|system)", r"\(note:",
@@ -257,6 +270,9 @@ _GENERIC_TERMS: dict[str, tuple[str, ...]] = {
     "savings": ("saving", "short_deposit", "medium_deposit", "long_deposit", "pension_plan"),
     "securities": ("securities",), "stock": ("securities",), "share trading": ("securities",), "bond": ("securities",),
     "etf": ("funds", "securities"), "insurance": (), "derivative": ("derivative",), "crypto": (), "bitcoin": (),
+    "overdraft": (), "credit line": ("loans",), "line of credit": ("loans",), "annuity": ("pension_plan",),
+    "mutual fund": ("funds",), "brokerage": ("securities",), "reit": ("funds",), "els": (), "dls": (), "elf": (),
+    "isa": (), "irp": ("pension_plan",), "leasing": (),
     "payroll": ("payroll_account", "payroll"), "salary": ("payroll_account", "payroll"),
     "주택담보대출": ("mortgage",), "주택 담보 대출": ("mortgage",), "대출": ("loans", "mortgage"),
     "신용대출": ("loans",), "신용카드": ("credit_card",), "체크카드": ("e_account", "current_account"),
@@ -264,7 +280,8 @@ _GENERIC_TERMS: dict[str, tuple[str, ...]] = {
                                                                   "long_deposit", "saving"),
     "정기예금": ("short_deposit", "medium_deposit", "long_deposit"), "적금": ("saving",), "저축": ("saving",),
     "증권": ("securities",), "주식": ("securities",), "채권": ("securities",), "보험": (), "파생상품": ("derivative",),
-    "코인": (), "가상자산": (), "비트코인": (), "급여": ("payroll_account", "payroll"), "세금": ("taxes",),
+    "코인": (), "가상자산": (), "비트코인": (), "마이너스 통장": (), "카드론": (), "현금서비스": (), "리츠": ("funds",),
+    "퇴직연금": ("pension_plan",), "청약": (), "외화": (), "급여": ("payroll_account", "payroll"), "세금": ("taxes",),
 }
 
 
@@ -280,7 +297,7 @@ def _product_terms() -> dict[str, frozenset[str]]:
 
 _PRODUCT_TERMS = _product_terms()
 _PRODUCT_RX = re.compile(
-    "|".join(rf"(?<![\w-]){re.escape(t)}(?:s|es)?(?![\w-])" if t.isascii() else rf"(?<!누){re.escape(t)}"
+    "|".join(rf"(?<![A-Za-z0-9-]){re.escape(t)}(?:s|es)?(?![A-Za-z0-9-])" if t.isascii() else rf"(?<!누){re.escape(t)}"
              for t in sorted(_PRODUCT_TERMS, key=len, reverse=True)), I)
 
 
@@ -387,7 +404,8 @@ def check(candidate: str, l1: L1Reason, *, has_suitability_profile: bool | None 
         if m:
             hit(rule, m.group(0))
     for m in _SUPERLATIVE.finditer(body):
-        if m.group(0).lower() not in l1_lower:
+        word = m.group(0).lower()
+        if word not in l1_lower and not any(s in l1_lower for s in _SUPERLATIVE_SYNONYMS.get(word, ())):
             hit("superlative", m.group(0))
             break
 
