@@ -100,7 +100,8 @@ _GUARANTEED = _rx(
     r"(?:guaranteed|assured|certain|secured|promised)",
     r"\b(?:will|would|could|can|shall)\s*(?:not|never|n't)\s+lose\b", r"\bnot\s+lose\s+(?:a\s+(?:cent|penny)|any)",
     r"\bsafe\s+bet\b", r"\bno\s+downside\b", r"\bno\s+(?:nasty\s+)?surprises\b",
-    r"\bnever\s+(?:produced|made|had|suffered|recorded|shown)\s+(?:a\s+)?loss", r"\bwithout\s+(?:any\s+)?loss", r"\bprotected\s+(?:from|against)\s+(?:any\s+)?loss", r"\bcan\s+only\s+go\s+up\b",
+    r"\bnever\s+(?:produced|made|had|suffered|recorded|shown)\s+(?:a\s+)?loss", r"\bwithout\s+(?:any\s+)?loss",
+    r"\bprotected\s+(?:from|against)\s+(?:any\s+)?loss", r"\bcan\s+only\s+go\s+up\b",
     r"\b(?:risk[- ]free|no\s+risk|zero\s+risk|without\s+(?:any\s+)?risk|can(?:'|no)?t\s+lose|cannot\s+lose|never\s+lose"
     r"|won'?t\s+lose|will\s+not\s+lose|lose\s+nothing|no\s+(?:chance|way)\s+(?:of|to)\s+los)",
     r"\bprincipal\b[^.!?]{0,30}\b(?:guaranteed|protected|safe|secure|assured)",
