@@ -234,3 +234,47 @@ def test_default_model_is_known_to_the_pinned_sdk_and_not_deprecated():
     from ple_platform.core.reasons_llm.config import DEFAULT_MODEL
 
     assert DEFAULT_MODEL in get_args(get_args(ModelParam)[0]) and DEFAULT_MODEL not in DEPRECATED_MODELS
+
+
+def test_serving_rewrite_true_serves_l2_keeps_suitability_and_audits_the_levels(standin, tmp_path, monkeypatch):
+    """``"rewrite": true`` on POST /v1/recommendations, through the real app: the credit-card reason comes back
+    as L2, an investment product for a customer without a profile keeps its L1 text (suitability), the served
+    audit entry records both levels, and a request without the flag makes no LLM call."""
+    from types import SimpleNamespace
+
+    from fastapi.testclient import TestClient
+
+    from ple_platform.core.governance.audit.log import AuditLog, audit_key
+    from ple_platform.core.governance.audit.store import GovernanceStore
+    from ple_platform.core.serving import app as app_module
+
+    l1_cc, l1_fund = l1_for("credit_card", "en"), l1_for("funds", "en")
+    state = SimpleNamespace(row_of={"c1": 0}, suitability=np.array([None], dtype=object), version="v1",
+                            bundle=SimpleNamespace(bundle_sha256="a" * 64), snapshot_sha256="b" * 64)
+
+    def canned(state, req):  # the scoring path is covered by test_serving; here only the reasons matter
+        return {"customer_id": req.customer_id, "month": "2015-06-01", "model_version": "v1", "k": 2,
+                "lang": req.lang, "ai_disclosure": "AI", "source": "batch", "personalised": True,
+                "task_scores": None,
+                "items": [{"rank": 1, "product": "credit_card", "score": 0.5, "task": "t", "reason": l1_cc.text},
+                          {"rank": 2, "product": "funds", "score": 0.4, "task": "t", "reason": l1_fund.text}]}
+
+    monkeypatch.setattr(app_module, "recommend", canned)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-not-real")
+    monkeypatch.setenv("PLE_LLM_BASE_URL", standin.url)
+    audit = AuditLog(GovernanceStore(tmp_path / "governance.duckdb"), audit_key())
+    standin.push(Reply(GOOD["en"]))
+    with TestClient(app_module.create_app(lambda: state, audit, kill_switch=False)) as client:
+        plain = client.post("/v1/recommendations", json={"customer_id": "c1"}).json()
+        assert plain["items"][0]["reason"] == l1_cc.text and "reason_level" not in plain["items"][0]
+        assert standin.requests == []
+        out = client.post("/v1/recommendations", json={"customer_id": "c1", "rewrite": True}).json()
+    cc, fund = out["items"]
+    assert (cc["reason"], cc["reason_level"], cc["reason_fallback"]) == (GOOD["en"], "L2", None)
+    assert (fund["reason"], fund["reason_level"], fund["reason_fallback"]) == (l1_fund.text, "L1", "suitability")
+    assert len(standin.requests) == 1
+    with audit.store.read() as con:
+        payloads = [json.loads(p) for (p,) in con.execute("SELECT payload FROM audit_log").fetchall()]
+    served = [p for p in payloads if "reason_rewrites" in p]
+    assert [(r["product"], r["level"], r["fallback"]) for r in served[0]["reason_rewrites"]] == [
+        ("credit_card", "L2", None), ("funds", "L1", "suitability")]
