@@ -278,3 +278,9 @@ def test_serving_rewrite_true_serves_l2_keeps_suitability_and_audits_the_levels(
     served = [p for p in payloads if "reason_rewrites" in p]
     assert [(r["product"], r["level"], r["fallback"]) for r in served[0]["reason_rewrites"]] == [
         ("credit_card", "L2", None), ("funds", "L1", "suitability")]
+
+
+def test_the_suite_never_sees_real_llm_credentials():
+    """conftest removes a developer's key and endpoint for the session (run with ANTHROPIC_API_KEY set to see it)."""
+    cfg = LLMConfig.from_env()
+    assert not cfg.has_key and cfg.base_url is None
