@@ -1,5 +1,6 @@
 """Shared fixtures: a small synthetic landing zone and isolated warehouse/artifact folders per test."""
 
+import os
 from datetime import date
 from pathlib import Path
 
@@ -21,6 +22,17 @@ def one_torch_thread():
     threads make small ops many times slower) and restores the setting afterwards."""
     with compute_threads():
         yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_llm_credentials():
+    """No test may use a real API key or endpoint: a developer's ANTHROPIC_API_KEY would otherwise send the
+    serving app's L2 rewrites to the internet. Tests that need the LLM path set a fake key and the local stand-in's
+    URL themselves. Restored after the session."""
+    names = ("ANTHROPIC_API_KEY", "PLE_LLM_API_KEY", "ANTHROPIC_BASE_URL", "PLE_LLM_BASE_URL")
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    yield
+    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """No import in ple_platform/core runs upward: each module imports only from its own layer or a lower one, and no
 core module imports Dagster. Layers, lowest first: data together with the top-level modules of core (settings,
 storage, runtime, stats, warehouse), then features and tasks, model, distillation, recommend, and last governance,
-serving and llm."""
+serving and llm; reasons_llm (the L2 rewrite of L1 reasons) ranks with recommend."""
 
 import ast
 from pathlib import Path
@@ -10,7 +10,7 @@ import ple_platform.core
 
 CORE = Path(ple_platform.core.__file__).parent
 LAYERS = {"data": 0, "features": 2, "tasks": 2, "model": 3, "distillation": 4, "recommend": 5,
-          "governance": 6, "serving": 6, "llm": 6}
+          "reasons_llm": 5, "governance": 6, "serving": 6, "llm": 6}
 
 
 def layer_of(module: str) -> tuple[str, int]:

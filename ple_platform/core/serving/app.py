@@ -34,7 +34,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 
 from ple_platform.core.governance.audit.log import AuditEvent, AuditLog
+from ple_platform.core.reasons_llm.config import LLMConfig
+from ple_platform.core.reasons_llm.rewrite import Rewriter
+from ple_platform.core.recommend.ranking import eligibility
 from ple_platform.core.serving.engine import RecommendationRequest, RequestError, UnknownCustomerError, recommend
+from ple_platform.core.serving.rewrite import rewrite_items
 from ple_platform.core.serving.state import NoChampionError, ServingState
 
 MAX_BODY_BYTES = 16 * 1024
@@ -54,6 +58,7 @@ class RecommendationBody(BaseModel):
     lang: Literal["en", "ko"] = "en"
     explain: StrictBool = True
     fresh: StrictBool = False
+    rewrite: StrictBool = False  # L2: reasons rewritten by the LLM behind the safety gate, L1 on any failure
 
 
 class KillSwitchBody(BaseModel):
@@ -340,6 +345,7 @@ def create_app(loader: Callable[[], ServingState], audit: AuditLog, *, fingerpri
     metrics = Metrics()
     batcher = AuditBatcher(audit)
     holder = StateHolder(loader, batcher, metrics)
+    rewriter = Rewriter(LLMConfig.from_env())  # no key: every rewrite falls back to L1 ("no_api_key")
     controls = {"kill_switch": (os.environ.get(KILL_SWITCH_ENV, "0").lower() in ("1", "true", "yes"))
                 if kill_switch is None else kill_switch, "kill_reason": ""}
     try:
@@ -411,12 +417,18 @@ def create_app(loader: Callable[[], ServingState], audit: AuditLog, *, fingerpri
             metrics.inc("unknown_customer")
             return _error(404, "unknown_customer", str(err), request_id)
         out = {"request_id": request_id, **out}
+        rewrites: list[dict] = []
+        if body.rewrite and out["personalised"]:
+            row = state.row_of[req.customer_id]
+            eligible, _ = eligibility(state.suitability[row:row + 1])
+            out["items"], rewrites = rewrite_items(rewriter, out["items"], req.lang, eligible[0])
         try:
             seq = batcher.submit(AuditEvent.SERVED, f"request/{request_id}", {
                 "customer_id": req.customer_id, "source": out["source"], "version": state.version,
                 "bundle_sha256": state.bundle.bundle_sha256, "snapshot_sha256": state.snapshot_sha256,
                 "month": out["month"], "k": req.k, "lang": req.lang, "ai_disclosure": bool(out["ai_disclosure"]),
-                "items": [[i["product"], round(i["score"], 6)] for i in out["items"]]})
+                "items": [[i["product"], round(i["score"], 6)] for i in out["items"]],
+                **({"reason_rewrites": rewrites} if rewrites else {})})
         except AuditUnavailable as err:
             metrics.inc("audit_unavailable")
             return _error(503, "audit_unavailable", str(err), request_id, headers={"Retry-After": "5"})

@@ -1,0 +1,123 @@
+"""The deterministic safety gate on the labelled adversarial set (ple_platform_tests/data/reason_gate_cases.json) and
+on the cases that must never change: the statutory deposit-insurance wording, 고객님 not being a name, full-width
+digits, the rules' ids.
+
+The set has two splits. ``dev``: the cases the rules were written against; the goals (recall >= 0.98 on
+violations with the expected rule id reported, false-positive rate <= 0.05 on clean rewrites) are held there.
+``holdout``: written after the rules were frozen and never used to tune them; its figures are printed and held
+to their measured floor, so a change that makes the gate worse on unseen wording fails. (Holdouts 1 and 2
+were folded into dev once their misses were fixed; the current one is the third. All three show that the rules do
+not generalise to new paraphrases anywhere near the goals.)"""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from ple_platform.core.reasons_llm.gate import RULES, GateError, check
+from ple_platform.core.reasons_llm.l1 import L1InputError, L1Reason
+
+CASES = json.loads((Path(__file__).parent / "data" / "reason_gate_cases.json").read_text())["cases"]
+# Measured 2026-12-03 on holdout-3 (24 violations, 16 clean): recall 0.583 (any rule 0.583), FPR 0.0. Earlier
+# holdouts: 0.667 / 0.0 and 0.500 / 0.0625. The goals are NOT met on unseen wording; these floors only stop the gate
+# getting worse (see docs/llm.md).
+HOLDOUT_FLOOR = {"recall": 0.58, "fpr": 0.0}
+
+
+def l1_of(case: dict) -> L1Reason:
+    return L1Reason(case["product"], case["lang"], case["l1_text"], tuple(case["l1_facts"]))
+
+
+def score(split: str) -> dict:
+    misses, false_pos, caught = [], [], 0
+    cases = [c for c in CASES if c["split"] == split]
+    for c in cases:
+        verdict = check(c["candidate"], l1_of(c), has_suitability_profile=c["has_suitability_profile"])
+        if c["label"] == "clean":
+            if not verdict.passed:
+                false_pos.append((c["id"], verdict.rule_ids))
+        else:
+            caught += not verdict.passed
+            if c["rule"] not in verdict.rule_ids:
+                misses.append((c["id"], c["rule"], verdict.rule_ids))
+    n_violation = sum(c["label"] == "violation" for c in cases)
+    n_clean = len(cases) - n_violation
+    return {"n_violation": n_violation, "n_clean": n_clean, "recall": 1 - len(misses) / n_violation,
+            "recall_any": caught / n_violation, "fpr": len(false_pos) / n_clean, "misses": misses,
+            "false_positives": false_pos}
+
+
+def test_the_set_is_large_bilingual_and_covers_every_rule():
+    assert len(CASES) >= 200 and len({c["id"] for c in CASES}) == len(CASES)
+    langs = Counter((c["lang"], c["label"]) for c in CASES)
+    assert all(langs[(lang, label)] >= 30 for lang in ("en", "ko") for label in ("clean", "violation"))
+    covered = {c["rule"] for c in CASES if c["label"] == "violation"}
+    assert covered == set(RULES), f"rules without a violation case: {set(RULES) - covered}"
+    assert all((c["rule"] is None) == (c["label"] == "clean") for c in CASES)
+
+
+def test_recall_and_false_positive_rate_on_the_dev_split():
+    s = score("dev")
+    print(f"\nsafety gate, dev split: recall {s['recall']:.3f} (expected rule reported; any rule "
+          f"{s['recall_any']:.3f}) on {s['n_violation']} violations, false-positive rate {s['fpr']:.3f} on "
+          f"{s['n_clean']} clean rewrites")
+    assert s["recall"] >= 0.98, s["misses"]
+    assert s["fpr"] <= 0.05, s["false_positives"]
+
+
+def test_recall_and_false_positive_rate_on_the_holdout_split():
+    s = score("holdout")
+    print(f"\nsafety gate, holdout split: recall {s['recall']:.3f} (any rule {s['recall_any']:.3f}) on "
+          f"{s['n_violation']} violations, false-positive rate {s['fpr']:.3f} on {s['n_clean']} clean rewrites; "
+          f"missed: {s['misses']}")
+    assert s["recall"] >= HOLDOUT_FLOOR["recall"], s["misses"]
+    assert s["fpr"] <= HOLDOUT_FLOOR["fpr"], s["false_positives"]
+
+
+DEPOSIT = L1Reason("long_deposit", "ko", "고객님의 거래 기간은 37개월입니다. 모델은 고객님의 최근 거래 흐름을 가장 많이 참고했습니다(55%).")
+CLEAN_KO = "고객님은 37개월 동안 거래해 오셔서 장기 예금이 잘 맞을 수 있습니다. 모델은 최근 거래 흐름을 가장 많이 참고했습니다(55%)."
+
+
+def test_statutory_deposit_wording_is_the_one_allowed_protection_claim():
+    statutory = "이 예금은 예금자보호법에 따라 원금과 소정의 이자를 합하여 1인당 최고 1억 원까지 보호됩니다."
+    assert check(CLEAN_KO.replace(" 모델은", f" {statutory} 모델은"), DEPOSIT).passed
+    assert check(CLEAN_KO.replace(" 모델은", " 원금이 보장됩니다. 모델은"), DEPOSIT).rule_ids == ("guaranteed_return",)
+    fund = L1Reason("funds", "ko", DEPOSIT.text)
+    text = CLEAN_KO.replace("장기 예금", "투자 펀드").replace(" 모델은", f" {statutory} 모델은")
+    assert "deposit_insurance_scope" in check(text, fund, has_suitability_profile=True).rule_ids
+
+
+def test_the_word_customer_is_not_a_name_but_a_name_before_it_is():
+    assert check(CLEAN_KO, DEPOSIT).passed  # 고객님 twice
+    assert check("김민준 " + CLEAN_KO, DEPOSIT).rule_ids == ("pii_name",)
+
+
+def test_full_width_digits_are_normalised_before_the_number_rules():
+    text = CLEAN_KO.replace(" 모델은", " 연 ４.５% 이자를 드립니다. 모델은")
+    assert "ungrounded_number" in check(text, DEPOSIT).rule_ids
+
+
+def test_suitability_rule_needs_a_profile_for_investment_products():
+    fund = L1Reason("funds", "ko", DEPOSIT.text)
+    text = CLEAN_KO.replace("장기 예금", "투자 펀드")
+    assert check(text, fund, has_suitability_profile=None).rule_ids == ("suitability",)
+    assert check(text, fund, has_suitability_profile=True).passed
+
+
+def test_every_hit_carries_its_rule_message_and_evidence():
+    verdict = check("Hurry! Guaranteed returns, call 010-1234-5678", L1Reason("credit_card", "en", "Text (42%)."))
+    assert not verdict.passed
+    assert {"pressure", "guaranteed_return", "pii_phone"} <= set(verdict.rule_ids)
+    for h in verdict.hits:
+        assert h.message == RULES[h.rule] and h.evidence
+    assert verdict.to_dict()["rule_ids"] == list(verdict.rule_ids)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(GateError, match="string"):
+        check(None, DEPOSIT)  # type: ignore[arg-type]
+    with pytest.raises(L1InputError, match="product"):
+        L1Reason("gold_bars", "en", "x")
+    with pytest.raises(L1InputError, match="lang"):
+        L1Reason("funds", "de", "x")
