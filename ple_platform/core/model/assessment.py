@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -57,6 +57,7 @@ class AssessmentSettings:
     n_boot: int = 200
     lgb_num_boost_round: int = 400
     lgb_early_stopping: int = 30
+    lgb_params: dict = field(default_factory=dict)  # over baselines.DEFAULT_PARAMS for every task (e.g. max_bin)
     lgb_threads: int = 2
     faithfulness_rows: int = 1024  # 1 + 7 forward passes over this many test customers
     # The no-information control: (1 + n_perm) x 8 + 7 forward passes over this many test customers.
@@ -105,7 +106,8 @@ def _lightgbm(raw: dict[str, MonthData], settings: AssessmentSettings, seed: int
     start = time.perf_counter()
     models = train_lightgbm_baselines(
         raw["train"].matrix(), _labels(raw["train"]), raw["validation"].matrix(), _labels(raw["validation"]),
-        seed=seed, num_boost_round=settings.lgb_num_boost_round, early_stopping_rounds=settings.lgb_early_stopping,
+        params=settings.lgb_params, seed=seed, num_boost_round=settings.lgb_num_boost_round,
+        early_stopping_rounds=settings.lgb_early_stopping,
         num_threads=settings.lgb_threads, task_overrides={"next_mcc": MANY_CLASS_OVERRIDES},
     )
     preds = predict_lightgbm(models, raw["test"].matrix(), num_threads=settings.lgb_threads)

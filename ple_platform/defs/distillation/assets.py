@@ -90,6 +90,8 @@ class StudentRunConfig(dg.Config):
     num_boost_round: int = 400
     early_stopping_rounds: int = 30
     selection_rounds: int = 60
+    max_bin: int = 255  # LightGBM binning (63 cuts split finding ~4x on small months)
+    num_leaves: int = 63
     n_boot: int = 100
     max_auc_gap: float = 0.03
     min_spearman: float = 0.8
@@ -138,7 +140,8 @@ def build_student_asset(spec: TaskSpec) -> dg.AssetsDefinition:
         student_cfg = StudentConfig(
             temperature=config.temperature, alpha=config.alpha, num_boost_round=config.num_boost_round,
             early_stopping_rounds=config.early_stopping_rounds, selection_rounds=config.selection_rounds,
-            params=MANY_CLASS_OVERRIDES if spec.name == "next_mcc" else {},
+            params={"max_bin": config.max_bin, "num_leaves": config.num_leaves,
+                    **(MANY_CLASS_OVERRIDES if spec.name == "next_mcc" else {})},
         )
         thresholds = FidelityThresholds(max_auc_gap=config.max_auc_gap, min_spearman=config.min_spearman,
                                         min_topk_agreement=config.min_topk_agreement, max_ece=config.max_ece,
