@@ -34,10 +34,14 @@ from ple_platform.core.progress import milestone
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.spec import TASKS, TaskSpec
 from ple_platform.core.warehouse import partition_content_hash
+from ple_platform.core.versioning import source_version
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
 from ple_platform.defs.training.assets import teacher_checkpoint_key
+
+# Changes with the source that computes these assets (docs/architecture.md, code versions).
+CODE_VERSION = source_version("ple_platform.core.distillation", "ple_platform.core.model", __name__)
 
 FIDELITY_CHECK = "fidelity_to_teacher"
 
@@ -60,6 +64,7 @@ def _jsonable(obj):
     pool=WAREHOUSE_POOL,
     kinds={"pytorch", "numpy"},
     owners=["team:ml-modeling"],
+    code_version=CODE_VERSION,
 )
 def distillation_dataset(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                          artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
@@ -128,6 +133,7 @@ def build_student_asset(spec: TaskSpec) -> dg.AssetsDefinition:
                                        description="The served student reproduces its teacher on the test month")],
         kinds={"lightgbm"},
         owners=["team:ml-modeling"],
+        code_version=CODE_VERSION,
         description=f"LightGBM student for {spec.name} ({spec.kind}): {spec.description}. Distilled from the "
                     "teacher or trained directly, whichever the validation evidence supports.",
     )
@@ -206,6 +212,7 @@ def bundle_version(month: date, teacher_sha: str, student_shas: dict[str, str]) 
     pool=WAREHOUSE_POOL,
     kinds={"duckdb"},
     owners=["team:ml-platform"],
+    code_version=CODE_VERSION,
 )
 def model_bundle(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource,
                  governance: GovernanceResource) -> dg.MaterializeResult:

@@ -19,6 +19,7 @@ from ple_platform.core.features.fits import FitPolicy, FitStore
 from ple_platform.core.features.spec import FEATURE_GROUPS, FeatureGroupSpec
 from ple_platform.core.settings import Settings
 from ple_platform.core.warehouse import partition_content_hash, replace_partition
+from ple_platform.core.versioning import source_version
 from ple_platform.defs.gpu import GPU_OP_TAGS
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
@@ -33,6 +34,9 @@ CHECK_NAMES = (
     "psi_drift_vs_previous_month",
     "leakage_guard",
 )
+
+# Changes with the source that computes these assets (docs/architecture.md, code versions).
+CODE_VERSION = source_version("ple_platform.core.features", __name__)
 # Drift only warns. The leakage guard blocks when it fails; while month t+1 is not loaded it reports a
 # WARN "not evaluable", which does not block.
 NON_BLOCKING = {"psi_drift_vs_previous_month"}
@@ -199,7 +203,7 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
             "lookback_months": spec.lookback_months,
             "experts": ", ".join(spec.experts),
         },
-        code_version="1",
+        code_version=CODE_VERSION,
     )
     def _feature(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource):
         month = date.fromisoformat(context.partition_key)

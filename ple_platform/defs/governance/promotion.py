@@ -36,10 +36,14 @@ from ple_platform.core.governance.promotion.flow import (
 from ple_platform.core.settings import Settings
 from ple_platform.core.tasks.spec import TASKS
 from ple_platform.core.warehouse import customer_attributes
+from ple_platform.core.versioning import source_version
 from ple_platform.defs.distillation.assets import FIDELITY_CHECK, _jsonable
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
+
+# Changes with the source that computes these assets (docs/architecture.md, code versions).
+CODE_VERSION = source_version("ple_platform.core.governance.promotion", __name__)
 
 SENSOR_INTERVAL_SECONDS = int(os.environ.get("PLE_SENSOR_INTERVAL_SECONDS", "30"))
 
@@ -77,6 +81,7 @@ def _comparison_md(ev: dict) -> str:
     pool=WAREHOUSE_POOL,
     kinds={"lightgbm"},
     owners=["team:model-risk"],
+    code_version=CODE_VERSION,
 )
 def challenger_evaluation(context: dg.AssetExecutionContext, config: ChallengerEvaluationConfig,
                           warehouse: WarehouseResource, artifacts: ArtifactStoreResource,
@@ -127,7 +132,7 @@ class PromotionRunConfig(dg.Config):
     decision_id: int
 
 
-@dg.asset(group_name="governance", kinds={"duckdb"}, owners=["team:model-risk"])
+@dg.asset(group_name="governance", kinds={"duckdb"}, owners=["team:model-risk"], code_version=CODE_VERSION)
 def champion_model(context: dg.AssetExecutionContext, config: PromotionRunConfig,
                    governance: GovernanceResource) -> dg.MaterializeResult:
     """The serving champion: changed only by a promotion run executing a recorded promote/bootstrap decision

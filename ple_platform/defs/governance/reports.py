@@ -23,9 +23,14 @@ from ple_platform.core.recommend.monthly import (
     write_recommendations,
 )
 from ple_platform.core.settings import Settings
+from ple_platform.core.versioning import source_version
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
+
+# Change with the source that computes each asset (docs/architecture.md, code versions).
+RECOMMENDATIONS_VERSION = source_version("ple_platform.core.recommend", "ple_platform.core.model", __name__)
+COMPLIANCE_REPORT_VERSION = source_version("ple_platform.core.governance.compliance", __name__)
 
 
 def report_key(month: date, name: str) -> str:
@@ -42,6 +47,7 @@ def report_key(month: date, name: str) -> str:
     pool=WAREHOUSE_POOL,
     kinds={"lightgbm", "duckdb"},
     owners=["team:ml-platform"],
+    code_version=RECOMMENDATIONS_VERSION,
     metadata={"dagster/table_name": TABLE},
 )
 def recommendations(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
@@ -107,6 +113,7 @@ def _checklist_md(report: dict) -> str:
     pool=WAREHOUSE_POOL,
     kinds={"html", "json"},
     owners=["team:model-risk"],
+    code_version=COMPLIANCE_REPORT_VERSION,
 )
 def compliance_report(context: dg.AssetExecutionContext, config: ComplianceReportConfig,
                       warehouse: WarehouseResource, artifacts: ArtifactStoreResource,

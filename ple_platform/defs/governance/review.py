@@ -18,8 +18,12 @@ from ple_platform.core.governance.review import agents
 from ple_platform.core.governance.review.agents import MonthEvidence, Review
 from ple_platform.core.reasons_llm.config import LLMConfig
 from ple_platform.core.settings import Settings
+from ple_platform.core.versioning import source_version
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource
+
+# Changes with the source that computes these assets (docs/architecture.md, code versions).
+CODE_VERSION = source_version("ple_platform.core.governance.review", __name__)
 
 # The month's products whose absence means the monthly chain did not complete.
 EXPECTED_ASSETS = ("recommendations", "compliance_report")
@@ -80,7 +84,7 @@ def _publish(context: dg.AssetExecutionContext, review: Review, artifacts: Artif
 
 
 @dg.asset(group_name="governance", partitions_def=MONTHLY, deps=["compliance_report"], kinds={"json"},
-          owners=["team:ml-platform"])
+          owners=["team:ml-platform"], code_version=CODE_VERSION)
 def ops_review(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource,
                governance: GovernanceResource) -> dg.MaterializeResult:
     """Ops findings of month t: runs, asset checks, materializations and serving health from the instance's
@@ -90,7 +94,7 @@ def ops_review(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResour
 
 
 @dg.asset(group_name="governance", partitions_def=MONTHLY, deps=["compliance_report"], kinds={"json"},
-          owners=["team:model-risk"])
+          owners=["team:model-risk"], code_version=CODE_VERSION)
 def audit_review(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource,
                  governance: GovernanceResource) -> dg.MaterializeResult:
     """Audit findings of month t: audit chain, compliance controls, registry decisions (missing evidence is

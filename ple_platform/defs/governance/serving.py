@@ -10,9 +10,13 @@ import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
 from ple_platform.core.governance.audit.log import AuditEvent
+from ple_platform.core.versioning import source_version
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
+
+# Changes with the source that computes these assets (docs/architecture.md, code versions).
+CODE_VERSION = source_version("ple_platform.core.serving", __name__)
 
 
 @dg.asset(
@@ -22,6 +26,7 @@ from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResourc
     pool=WAREHOUSE_POOL,
     kinds={"numpy"},
     owners=["team:ml-platform"],
+    code_version=CODE_VERSION,
 )
 def serving_snapshot(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                      artifacts: ArtifactStoreResource, governance: GovernanceResource) -> dg.MaterializeResult:

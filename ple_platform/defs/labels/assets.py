@@ -23,9 +23,13 @@ from ple_platform.core.tasks.labels import (
 )
 from ple_platform.core.tasks.spec import TASKS
 from ple_platform.core.warehouse import partition_content_hash
+from ple_platform.core.versioning import source_version
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource
+
+# Changes with the source that computes these assets (docs/architecture.md, code versions).
+CODE_VERSION = source_version("ple_platform.core.tasks", __name__)
 
 CHECK = "every_task_learnable"
 
@@ -59,7 +63,7 @@ def _summary_md(summary: dict[str, dict]) -> str:
     pool=WAREHOUSE_POOL,
     kinds={"duckdb"},
     owners=["team:ml-modeling"],
-    code_version="1",
+    code_version=CODE_VERSION,
     metadata={"dagster/table_name": LABEL_TABLE, "tasks": len(TASKS)},
 )
 def task_labels(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource):

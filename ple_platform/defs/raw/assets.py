@@ -25,7 +25,11 @@ from ple_platform.core.warehouse import (
 )
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.core.governance.audit.log import AuditEvent
+from ple_platform.core.versioning import source_version
 from ple_platform.defs.resources import GovernanceResource, LandingZoneResource, WarehouseResource
+
+# Changes with the source that computes these assets (docs/architecture.md, code versions).
+CODE_VERSION = source_version("ple_platform.core.data", __name__)
 
 WAREHOUSE_POOL = "duckdb_warehouse"
 
@@ -74,6 +78,7 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
         pool=WAREHOUSE_POOL,
         kinds={"duckdb"},
         owners=["team:data-platform"],
+        code_version=CODE_VERSION,
         description=_DESCRIPTIONS[table],
         metadata={"dagster/table_name": f"raw.{table}", "dagster/column_schema": _column_schema(table)},
     )
