@@ -33,16 +33,12 @@ import enum
 import hashlib
 import hmac
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from ple_platform.core.governance.audit.pseudonymise import MissingSecretError
+from ple_platform.core.secrets import AUDIT_KEY_ENV_VAR, DEV_AUDIT_KEY, MissingSecretError, audit_key_material
 from ple_platform.core.governance.audit.store import GovernanceStore, as_utc, canonical_json, utc_now
 
-AUDIT_KEY_ENV_VAR = "PLE_AUDIT_KEY"
-# Demo-only default (public in the source: it proves nothing). Refused when PLE_ENV=prod.
-DEV_AUDIT_KEY = b"ple-platform-dev-only-audit-log-key"
 GENESIS_HASH = "0" * 64
 _HEAD_ID = 1
 _PAGE_SIZE = 10_000
@@ -103,18 +99,8 @@ class VerifyResult:
 
 
 def audit_key(environ: Mapping[str, str] | None = None) -> bytes:
-    """The audit HMAC key from ``PLE_AUDIT_KEY``; ``DEV_AUDIT_KEY`` outside production."""
-    e = os.environ if environ is None else environ
-    value = e.get(AUDIT_KEY_ENV_VAR, "")
-    prod = e.get("PLE_ENV", "dev") == "prod"
-    if value:
-        if prod and value.encode() == DEV_AUDIT_KEY:
-            raise MissingSecretError(f"{AUDIT_KEY_ENV_VAR} is the public dev key: set a real secret in production")
-        return value.encode()
-    if prod:
-        raise MissingSecretError(
-            f"{AUDIT_KEY_ENV_VAR} is not set: production refuses to write or verify the audit log with the dev key")
-    return DEV_AUDIT_KEY
+    """The audit HMAC key from ``PLE_AUDIT_KEY``; ``DEV_AUDIT_KEY`` outside production (rules: core/secrets.py)."""
+    return audit_key_material(environ).value
 
 
 def _ts_text(ts: dt.datetime) -> str:
