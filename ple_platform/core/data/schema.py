@@ -171,4 +171,6 @@ def parse_month(text: str) -> date:
     parts = text.strip().split("-")
     if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
         raise ValueError(f"not a month: {text!r} (expected YYYY-MM or YYYY-MM-DD)")
+    if not 1 <= int(parts[1]) <= 12 or not 1 <= int(parts[0]) <= 9999:
+        raise ValueError(f"not a month: {text!r} (the month must be 01..12)")
     return date(int(parts[0]), int(parts[1]), 1)
