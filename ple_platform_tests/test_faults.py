@@ -124,3 +124,80 @@ def test_documented_setting_defaults_match_the_code():
         assert fit and fit.group(1) == f"{s.fit_end_month:%Y-%m}", (name, fit and fit.group(1))
         mem = re.search(r"^\| `PLE_DUCKDB_MEMORY_LIMIT` \| `([^`]+)`", text, re.M)
         assert mem and mem.group(1) == s.duckdb_memory_limit, name
+
+
+# --- no raw customer id in run storage -----------------------------------------------------------------------
+
+
+def _grep_tree(root, needle: str) -> list[str]:
+    from pathlib import Path
+
+    return [str(p) for p in Path(root).rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+def _copy_landing(landing_dir, dst, month="2015-01-01"):
+    import shutil
+
+    for table in ("customers", "holdings", "transactions"):
+        (dst / table).mkdir(parents=True)
+        shutil.copy(landing_dir / table / f"month={month}.parquet", dst / table)
+    return dst
+
+
+def _rewrite(path, edit):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path).to_pylist()
+    schema = pa.schema([f.with_nullable(True) for f in pq.read_schema(path)])
+    pq.write_table(pa.Table.from_pylist(edit(rows), schema=schema), path)
+    return rows
+
+
+@pytest.mark.parametrize("case", ["synthetic_duplicate", "synthetic_null_merchant", "santander_duplicate"])
+def test_validation_failure_leaves_no_raw_id_in_run_storage(case, platform_env, landing_dir, tmp_path, monkeypatch):
+    import csv
+    from pathlib import Path
+
+    import dagster as dg
+
+    from ple_platform.core.governance.audit.pseudonymise import DEV_KEY, pseudonymise
+    from ple_platform.defs.raw.assets import raw_assets
+    from ple_platform.defs.resources import LandingZoneResource, build_resources
+
+    monkeypatch.delenv("PLE_PSEUDONYMISATION_KEY", raising=False)
+    if case.startswith("synthetic"):
+        bad = _copy_landing(landing_dir, tmp_path / "bad")
+        if case == "synthetic_duplicate":
+            rows = _rewrite(bad / "customers" / "month=2015-01-01.parquet", lambda r: r + [dict(r[5])])
+            raw_id = rows[5]["customer_id"]
+        else:
+            def null_merchant(r):
+                r[3]["merchant_id"] = None
+                return r
+            raw_id = _rewrite(bad / "transactions" / "month=2015-01-01.parquet", null_merchant)[3]["customer_id"]
+        landing = LandingZoneResource(kind="synthetic", path=str(bad))
+    else:
+        sample = Path(__file__).parent / "data" / "santander_train_ver2_sample.csv"
+        with sample.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        rows.append(list(rows[2]))
+        raw_id = rows[2][1]
+        path = tmp_path / "train_ver2.csv"
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows(rows)
+        landing = LandingZoneResource(kind="santander", path=str(path))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    instance = dg.DagsterInstance.local_temp(tempdir=str(home))
+    try:
+        result = dg.materialize(raw_assets, partition_key="2015-01-01", instance=instance, raise_on_error=False,
+                                resources={**build_resources(platform_env), "landing": landing})
+        assert not result.success
+        message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    finally:
+        instance.dispose()
+    assert pseudonymise(raw_id, DEV_KEY) in message and "customer pseudonym(s)" in message, message
+    assert raw_id not in message
+    assert _grep_tree(home, pseudonymise(raw_id, DEV_KEY))  # the failure did reach run storage ...
+    assert _grep_tree(home, raw_id) == []  # ... without the source id

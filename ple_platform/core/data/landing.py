@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import duckdb
 
@@ -132,13 +132,15 @@ def staging_for(source: LandingSource, table: str, month: date) -> Staging | Non
 
 
 def validated_month(
-    con: duckdb.DuckDBPyConnection, source: LandingSource, table: str, month: date
+    con: duckdb.DuckDBPyConnection, source: LandingSource, table: str, month: date,
+    *, pseudonym_sql: Callable[[str], str] | None = None,
 ) -> ValidatedMonth | None:
     """Validate one landing month of ``table`` and return the SELECT that loads it.
 
     Returns None only when ``source`` does not provide ``table`` at all (Santander without a transaction
     file): the caller marks the dependent groups unavailable. Raises :class:`RawDataError` for every bad input,
-    including a missing or unreadable file (rule ``readable``).
+    including a missing or unreadable file (rule ``readable``). Errors quote customers by the pseudonym
+    ``pseudonym_sql`` computes (SQL expression -> SQL expression), never by their source id.
     """
     if table not in TABLE_SCHEMAS:
         raise ValueError(f"unknown table {table!r} (expected one of {sorted(TABLE_SCHEMAS)})")
@@ -168,6 +170,7 @@ def validated_month(
         known_mcc=[int(c) for c in mcc_hierarchy().codes] if table == "transactions" else (),
         require_rows=table in NON_EMPTY_TABLES,
         empty_detail=empty_detail,
+        pseudonym_sql=pseudonym_sql,
     )
     return ValidatedMonth(
         sql=staging.output_sql(),

@@ -13,6 +13,10 @@ row filter, and per canonical column three SQL expressions:
 column list); only when a rule fails are the offending rows looked at again to collect up to 3 examples. Nothing
 is materialised in Python, so a 20M-row month costs one streaming pass.
 
+A raw customer id never appears in an error: where an example would be an id (duplicates, NULLs in another
+column, an id that does not parse), it is quoted as its pseudonym when the caller passes ``pseudonym_sql`` (the
+raw asset passes the ingest HMAC), and left out otherwise. Messages go to Dagster's run storage and the UI.
+
 Rules, in the order they are reported (the first failing one is raised; the others are listed in
 :attr:`RawDataError.failures` and in the message):
 
@@ -80,6 +84,7 @@ class RawDataError(ValueError):
         examples: Sequence[Any] = (),
         detail: str | None = None,
         failures: Sequence[tuple[str, str | None, int]] = (),
+        examples_label: str = "",
     ) -> None:
         self.table = table
         self.source = str(source)
@@ -88,6 +93,7 @@ class RawDataError(ValueError):
         self.n_rows = int(n_rows)
         self.examples = list(examples)[:MAX_EXAMPLES]
         self.detail = detail
+        self.examples_label = examples_label  # e.g. "customer pseudonym(s) " when examples identify customers
         # Every failure found in the same scan, (rule, column, n_rows), the raised one first.
         self.failures: list[tuple[str, str | None, int]] = list(failures) or [(rule, column, self.n_rows)]
         super().__init__(self._message())
@@ -99,7 +105,7 @@ class RawDataError(ValueError):
         if self.rule not in _FILE_LEVEL_RULES:
             msg += f": {self.n_rows} offending row(s)"
             if self.examples:
-                msg += f", e.g. {self.examples!r}"
+                msg += f", e.g. {self.examples_label}{self.examples!r}"
         if self.detail:
             msg += f": {self.detail}" if self.rule in _FILE_LEVEL_RULES else f" ({self.detail})"
         others = self.failures[1:]
@@ -346,6 +352,10 @@ def _examples(con: duckdb.DuckDBPyConnection, stage: str, predicate: str, exampl
     return [_example_value(r[0]) for r in rows]
 
 
+ID_COLUMN = "customer_id"
+PSEUDONYM_LABEL = "customer pseudonym(s) "
+
+
 def validate_staging(
     con: duckdb.DuckDBPyConnection,
     staging: Staging,
@@ -353,9 +363,23 @@ def validate_staging(
     known_mcc: Sequence[int] = (),
     require_rows: bool = False,
     empty_detail: Callable[[], str] | None = None,
+    pseudonym_sql: Callable[[str], str] | None = None,
 ) -> ValidationResult:
-    """Run every rule over the staged month in one aggregate scan; raise RawDataError on the first failure."""
+    """Run every rule over the staged month in one aggregate scan; raise RawDataError on the first failure.
+
+    ``pseudonym_sql`` maps a VARCHAR SQL expression to the expression of its pseudonym; examples that would show
+    a customer id show that instead (or nothing without it)."""
     table, source = staging.table, staging.source
+
+    id_examples: set[str] = set()  # example expressions that show pseudonyms
+
+    def id_example(expr: str) -> str | None:
+        if pseudonym_sql is None:
+            return None
+        shown = pseudonym_sql(f"CAST({expr} AS VARCHAR)")
+        id_examples.add(shown)
+        return shown
+
     check_required_columns(con, table, source, staging.reader, staging.required_columns)
     stage = staging.stage_sql()
     unique = "month" in {c.name for c in staging.columns} and table != "transactions"
@@ -390,13 +414,12 @@ def validate_staging(
     for c in staging.columns:
         k = res[("type", c.name)]
         if k:
-            failures.append(
-                ("type", c.reported_column, k, f"{_r(c.name)} IS NOT NULL AND {_p(c.name)} IS NULL", _r(c.name))
-            )
+            ex = id_example(_r(c.name)) if c.name == ID_COLUMN else _r(c.name)
+            failures.append(("type", c.reported_column, k, f"{_r(c.name)} IS NOT NULL AND {_p(c.name)} IS NULL", ex))
     for c in staging.columns:
         k = res.get(("not_null", c.name), 0)
         if k:
-            ex = _v("customer_id") if c.name != "customer_id" and "customer_id" in by_name else None
+            ex = id_example(_v(ID_COLUMN)) if c.name != ID_COLUMN and ID_COLUMN in by_name else None
             failures.append(("not_null", c.reported_column, k, f"{_r(c.name)} IS NULL", ex))
     dup_index = len(failures)
     has_dup = unique and res[("dup",)] > 0
@@ -420,19 +443,21 @@ def validate_staging(
         for rule, col, k, predicate, example in failures:
             examples: list[Any] = []
             if rule == "unique_customer_month":
-                key = _v("customer_id")
+                key = _v(ID_COLUMN)
+                shown = id_example("key") or "NULL"
                 dup_rows = con.sql(
-                    f"SELECT {key}, count(*) AS c FROM ({stage}) WHERE {key} IS NOT NULL GROUP BY 1 HAVING count(*) > 1"
-                    " ORDER BY 1"
+                    f"SELECT {shown}, c FROM (SELECT {key} AS key, count(*) AS c FROM ({stage}) WHERE {key} IS NOT NULL"
+                    " GROUP BY 1 HAVING count(*) > 1) ORDER BY 1"
                 ).fetchall()
                 k = sum(int(r[1]) for r in dup_rows)
-                examples = [r[0] for r in dup_rows[:MAX_EXAMPLES]]
+                examples = [r[0] for r in dup_rows[:MAX_EXAMPLES] if r[0] is not None]
             elif predicate is not None and example is not None and not resolved:
                 examples = _examples(con, stage, predicate, example)  # examples only for the raised failure
             resolved.append((rule, col, k, examples))
     except READ_ERRORS as exc:
         raise readable_error(table, source, exc) from exc
     rule, col, k, examples = resolved[0]
+    label = PSEUDONYM_LABEL if examples and (rule == "unique_customer_month" or failures[0][4] in id_examples) else ""
     detail = empty_detail() if rule == "non_empty" and empty_detail is not None else None
     raise RawDataError(
         table=table,
@@ -443,6 +468,7 @@ def validate_staging(
         examples=examples,
         detail=detail,
         failures=[(r, c, kk) for r, c, kk, _ in resolved],
+        examples_label=label,
     )
 
 
