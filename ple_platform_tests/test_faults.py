@@ -201,3 +201,32 @@ def test_validation_failure_leaves_no_raw_id_in_run_storage(case, platform_env, 
     assert raw_id not in message
     assert _grep_tree(home, pseudonymise(raw_id, DEV_KEY))  # the failure did reach run storage ...
     assert _grep_tree(home, raw_id) == []  # ... without the source id
+
+
+# --- deterministic fit artifacts -------------------------------------------------------------------------------
+
+
+def test_fit_artifacts_are_byte_identical_across_runs(tmp_path):
+    """Two clean fits of the same inputs store the same bytes: the fit's timing never enters the artifact."""
+    import duckdb
+
+    from ple_platform.core.features.fits import FitStore, decode_fit
+    from ple_platform.core.features.hyperbolic import fit_poincare_tree
+    from ple_platform.core.storage import artifact_store_from_uri
+    from ple_platform.core.data.taxonomy import product_tree
+
+    tree, _ = product_tree()
+    digests, metas = [], []
+    for run in ("a", "b"):
+        store = artifact_store_from_uri(str(tmp_path / run))
+        with duckdb.connect() as con:
+            def fit():
+                emb, metrics = fit_poincare_tree(tree, 4, epochs=3, seed=7)
+                assert metrics["seconds"] > 0  # the fit does measure its time ...
+                return {"node_emb": emb}, {"metrics": metrics}
+            (arrays, meta), record = FitStore(store, con).get_or_fit("product_hierarchy", "static", [], fit)
+        digests.append(record.sha256)
+        metas.append(decode_fit(store.get("feature_fits/product_hierarchy/static.safetensors"))[1])
+    assert digests[0] == digests[1]
+    assert "seconds" not in metas[0]["metrics"] and metas[0] == metas[1]  # ... but does not store it
+    assert metas[0]["metrics"]["epochs"] == 3
