@@ -230,3 +230,108 @@ def test_fit_artifacts_are_byte_identical_across_runs(tmp_path):
     assert digests[0] == digests[1]
     assert "seconds" not in metas[0]["metrics"] and metas[0] == metas[1]  # ... but does not store it
     assert metas[0]["metrics"]["epochs"] == 3
+
+
+# --- audit: emptied, missing, rolled back, wrong path, forged anchor, broken middle -------------------------------
+
+
+AUDIT_KEY = b"faults-audit-key-0123456789abcdef"
+
+
+def _audit(path, n=5):
+    from ple_platform.core.governance.audit.log import AuditEvent, AuditLog
+    from ple_platform.core.governance.audit.store import GovernanceStore
+
+    log = AuditLog(GovernanceStore(path), AUDIT_KEY)
+    for i in range(n):
+        log.append(AuditEvent.TRAINING, f"teacher/{i}", {"i": i})
+    return log
+
+
+def _sql(path, sql):
+    import duckdb
+
+    with duckdb.connect(str(path)) as con:
+        con.execute(sql)
+
+
+def _fresh(path):
+    from ple_platform.core.governance.audit.log import AuditLog
+    from ple_platform.core.governance.audit.store import GovernanceStore
+
+    return AuditLog(GovernanceStore(path), AUDIT_KEY)
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    ("empty_rows_and_head", "emptied: the anchor records 5 entries, the store holds 0"),
+    ("delete_file", "is missing, but its anchor records 5 entries"),
+    ("rollback_to_copy", "rolled back to an older copy: the anchor records 5 entries, the store holds 3"),
+    ("forge_anchor", "MAC mismatch (anchor forged"),
+    ("replace_store", "entry 5: hash differs from the anchored one"),
+])
+def test_audit_erasure_and_replacement_fail_verification(tmp_path, tamper, reason):
+    import json
+    import shutil
+
+    from ple_platform.core.governance.audit.log import AuditIntegrityError
+
+    db = tmp_path / "governance.duckdb"
+    if tamper == "rollback_to_copy":
+        _audit(db, 3)
+        shutil.copy(db, tmp_path / "old.duckdb")
+        _audit(db, 2)
+        shutil.copy(tmp_path / "old.duckdb", db)
+    elif tamper == "replace_store":
+        _audit(db, 5)
+        _audit(tmp_path / "other.duckdb", 5)  # same key, same shape, different entries (other timestamps)
+        shutil.copy(tmp_path / "other.duckdb", db)
+    else:
+        log = _audit(db, 5)
+        if tamper == "empty_rows_and_head":
+            _sql(db, "DELETE FROM audit_log; DELETE FROM audit_head")
+        elif tamper == "delete_file":
+            db.unlink()
+        else:
+            anchor = json.loads(log.anchor_path.read_text())
+            log.anchor_path.write_text(json.dumps({**anchor, "seq": 2}))
+    result = _fresh(db).verify()
+    assert not result.ok and reason in result.reason, result.reason
+    if db.exists():
+        with pytest.raises(AuditIntegrityError):
+            _fresh(db).append("report", "x", {})
+
+
+def test_audit_verify_of_a_wrong_path_fails_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    from ple_platform.cli import main
+
+    wrong = tmp_path / "typo" / "governance.duckdb"
+    result = _fresh(wrong).verify()
+    assert not result.ok and "no audit log at" in result.reason and "PLE_GOVERNANCE_DB" in result.reason
+    monkeypatch.setenv("PLE_GOVERNANCE_DB", str(wrong))
+    assert main(["audit", "verify"]) == 1
+    assert "no audit log at" in capsys.readouterr().out
+    assert not wrong.exists() and not wrong.parent.exists()
+
+
+def test_append_refuses_a_chain_broken_in_the_middle(tmp_path):
+    from ple_platform.core.governance.audit.log import AuditIntegrityError
+
+    db = tmp_path / "governance.duckdb"
+    _audit(db, 6)
+    _sql(db, "UPDATE audit_log SET payload = '{\"i\":99}' WHERE seq = 3")
+    with pytest.raises(AuditIntegrityError, match="entry 3: hash mismatch"):
+        _fresh(db).append("report", "x", {})
+    # An edit after the anchor is caught incrementally by a writer that already verified the chain.
+    db2 = tmp_path / "g2.duckdb"
+    log = _audit(db2, 3)
+    _sql(db2, "UPDATE audit_log SET payload = '{\"i\":7}' WHERE seq = 3")
+    with pytest.raises(AuditIntegrityError, match="entry 3 does not verify"):
+        log.append("report", "x", {})
+
+
+def test_an_intact_anchored_log_still_verifies_and_extends(tmp_path):
+    db = tmp_path / "governance.duckdb"
+    log = _audit(db, 4)
+    log.append_many([("report", "r", {"k": 1}, "system")] * 3)
+    result = _fresh(db).verify()
+    assert result.ok and result.n_entries == 7, result.reason
