@@ -37,6 +37,20 @@ def test_production_refuses_dev_and_short_keys(var, value, why):
         assert not value or value not in msg  # the key itself is never echoed
 
 
+def test_definitions_refuse_to_load_in_production_with_a_dev_key(tmp_path):
+    """The code location (what `dagster dev` / the k8s deployment loads) does not start with a published key."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PLE_ENV": "prod", "PLE_DATA_DIR": str(tmp_path), "PLE_AUDIT_KEY": GOOD,
+           "PLE_PSEUDONYMISATION_KEY": DEV_PSEUDONYMISATION_KEY.decode()}
+    code = "from ple_platform.definitions import load_definitions; load_definitions()"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "MissingSecretError: PLE_PSEUDONYMISATION_KEY is the published development pseudonymisation key" in proc.stderr
+
+
 def test_key_sources_are_recorded():
     s = Settings.from_env(PROD_OK)
     assert (s.pseudonymisation_key_source, s.audit_key_source) == ("env:PLE_PSEUDONYMISATION_KEY", "env:PLE_AUDIT_KEY")
