@@ -43,6 +43,7 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -184,8 +185,9 @@ class AuditLog:
         self._chain_checked = True
 
     def _write_anchor(self, seq: int, last_hash: str) -> None:
-        # Written after the commit (a crash in between leaves the anchor one append behind, which verifies).
-        tmp = self.anchor_path.with_name(self.anchor_path.name + f".{os.getpid()}.tmp")
+        # Written after the commit, never before: an anchor behind the table (a crash in between, or two writers
+        # finishing out of order) verifies; one ahead of it would read as a truncated log.
+        tmp = self.anchor_path.with_name(f"{self.anchor_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps({"seq": seq, "hash": last_hash, "mac": anchor_mac(self._key, seq, last_hash)}))
         os.replace(tmp, self.anchor_path)
 
@@ -207,7 +209,7 @@ class AuditLog:
                         [seq, ts, actor, ev.value, subject, payload_json, prev_hash, h])
             con.execute("INSERT OR REPLACE INTO audit_head VALUES (?, ?, ?, ?)",
                         [_HEAD_ID, seq, h, head_mac(self._key, seq, h)])
-            self._write_anchor(seq, h)  # under the store's lock: anchors are written in seq order
+        self._write_anchor(seq, h)
         return AuditEntry(seq, as_utc(ts), actor, ev, subject, json.loads(payload_json), prev_hash, h)
 
     def append_many(self, items: Sequence[tuple[str | AuditEvent, str, Mapping[str, Any], str]]) -> list[AuditEntry]:
@@ -238,7 +240,7 @@ class AuditLog:
             con.executemany("INSERT INTO audit_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
             con.execute("INSERT OR REPLACE INTO audit_head VALUES (?, ?, ?, ?)",
                         [_HEAD_ID, seq, prev_hash, head_mac(self._key, seq, prev_hash)])
-            self._write_anchor(seq, prev_hash)
+        self._write_anchor(seq, prev_hash)
         return out
 
     def entries(self, event: str | AuditEvent | None = None, subject: str | None = None) -> list[AuditEntry]:
