@@ -42,11 +42,33 @@ DEMO_RUN_CONFIG = {
 }
 
 
-def _months(spec: str | None, settings: Settings) -> list[date]:
+def _months(spec: str | None, settings: Settings, within_partitions: bool = False) -> list[date]:
+    """The months of ``YYYY-MM..YYYY-MM`` (or one month); a reversed range, or with ``within_partitions`` a month
+    outside the configured partitions, is a ``ValueError`` naming the month and the valid range."""
     if not spec:
         return month_range(settings.start_month, settings.end_month)
     start, sep, end = spec.partition("..")
-    return month_range(parse_month(start), parse_month(end if sep else start))
+    first, last = parse_month(start), parse_month(end if sep else start)
+    if last < first:
+        raise ValueError(f"--months {spec}: the range is reversed ({last:%Y-%m} is before {first:%Y-%m}); "
+                         f"write it as {last:%Y-%m}..{first:%Y-%m}")
+    if within_partitions:
+        for month in (first, last):
+            if not settings.start_month <= month <= settings.end_month:
+                raise ValueError(f"--months {spec}: {month:%Y-%m} is outside the configured partitions "
+                                 f"{settings.start_month:%Y-%m}..{settings.end_month:%Y-%m} "
+                                 "(PLE_START_MONTH/PLE_END_MONTH)")
+    return month_range(first, last)
+
+
+def _check_groups(groups: list[str]) -> None:
+    """Refuse asset group names the definitions do not have (Dagster would otherwise fail mid-run)."""
+    from ple_platform.definitions import load_definitions
+
+    known = {g for a in load_definitions().assets or [] for g in getattr(a, "group_names_by_key", {}).values()}
+    unknown = [g for g in groups if g not in known]
+    if unknown:
+        raise ValueError(f"--group {' '.join(unknown)}: unknown asset group (known: {', '.join(sorted(known))})")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -247,7 +269,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_materialize(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    return 0 if materialize_groups(args.group, _months(args.months, settings)) else 1
+    months = _months(args.months, settings, within_partitions=True)
+    _check_groups(args.group)
+    return 0 if materialize_groups(args.group, months) else 1
 
 
 def _governance():
@@ -380,10 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ple_platform.core.secrets import MissingSecretError
+
     try:
         return args.func(args)
-    except (SettingsError, ValueError) as err:
-        print(f"ple-platform {args.command}: {err}", file=sys.stderr)
+    except (SettingsError, ValueError, MissingSecretError) as err:
+        # A user error: one line saying what and why (no traceback), exit code 2.
+        print(f"ple-platform {args.command}: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

@@ -14,10 +14,14 @@ import pytest
 from ple_platform.core.data.landing import LandingSource, ValidatedMonth, month_file, validated_month
 from ple_platform.core.data.schema import PRODUCT_NAMES, TABLE_SCHEMAS
 from ple_platform.core.data.taxonomy import mcc_hierarchy
+from ple_platform.core.governance.audit.pseudonymise import hmac_sql, pseudonymise
 from ple_platform.core.data.validation import RULES, RawDataError, profile
 
 MARCH = date(2015, 3, 1)
 MCC_A, MCC_B = (int(c) for c in mcc_hierarchy().codes[:2])
+
+
+KEY = b"test-pseudonymisation-key"  # errors quote customers by their pseudonym under this key
 
 
 @pytest.fixture
@@ -84,7 +88,7 @@ def landing(tmp_path: Path, **override: list[dict]) -> LandingSource:
 
 def raises(con, source: LandingSource, table: str, month: date = MARCH) -> RawDataError:
     with pytest.raises(RawDataError) as info:
-        validated_month(con, source, table, month)
+        validated_month(con, source, table, month, pseudonym_sql=lambda e: hmac_sql(e, KEY))
     err = info.value
     assert err.rule in RULES
     assert err.table == table
@@ -226,13 +230,14 @@ def test_unknown_mcc(con, tmp_path):
 def test_duplicate_customer_month(con, tmp_path):
     rows = customer_rows() + [customer_rows()[1]]
     err = raises(con, landing(tmp_path, customers=rows), "customers")
-    assert (err.rule, err.column, err.n_rows, err.examples) == ("unique_customer_month", "customer_id", 2, ["c2"])
+    assert (err.rule, err.column, err.n_rows, err.examples) == ("unique_customer_month", "customer_id", 2,
+                                                                 [pseudonymise("c2", KEY)])
 
 
 def test_duplicate_in_holdings(con, tmp_path):
     rows = holding_rows() + holding_rows()[:1]
     err = raises(con, landing(tmp_path, holdings=rows), "holdings")
-    assert (err.rule, err.n_rows, err.examples) == ("unique_customer_month", 2, ["c1"])
+    assert (err.rule, err.n_rows, err.examples) == ("unique_customer_month", 2, [pseudonymise("c1", KEY)])
 
 
 def test_missing_file_is_unreadable(con, tmp_path):
@@ -279,7 +284,7 @@ def test_null_in_non_nullable_column(con, tmp_path):
     rows = transaction_rows()
     rows[0]["merchant_id"] = None
     err = raises(con, landing(tmp_path, transactions=rows), "transactions")
-    assert (err.rule, err.column, err.n_rows, err.examples) == ("not_null", "merchant_id", 1, ["c1"])
+    assert (err.rule, err.column, err.n_rows, err.examples) == ("not_null", "merchant_id", 1, [pseudonymise("c1", KEY)])
 
 
 def test_binary_flags(con, tmp_path):

@@ -220,7 +220,7 @@ def test_tampered_audit_row_fails_verify_and_the_report(served):
     audit = res["governance"].audit_log()
     assert audit.verify().ok
     with duckdb.connect(str(settings.governance_db)) as con:
-        original = con.execute("SELECT payload FROM audit_log WHERE seq = 2").fetchone()[0]
+        (original,) = con.execute("SELECT payload FROM audit_log WHERE seq = 2").fetchone()
         con.execute("UPDATE audit_log SET payload = '{\"tampered\":true}' WHERE seq = 2")
     try:
         verdict = audit.verify()
@@ -231,6 +231,8 @@ def test_tampered_audit_row_fails_verify_and_the_report(served):
         assert controls["FSS-REC-01"]["status"] == "fail"
         assert any("entry 2" in d for d in controls["FSS-REC-01"]["detail"])
     finally:
+        # The platform is shared by the whole session (test_serving copies it): leave its chain intact, or every
+        # later writer refuses to extend it.
         with duckdb.connect(str(settings.governance_db)) as con:
             con.execute("UPDATE audit_log SET payload = ? WHERE seq = 2", [original])
     assert audit.verify().ok

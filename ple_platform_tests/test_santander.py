@@ -12,10 +12,14 @@ import pytest
 from ple_platform.core.data.landing import LandingSource, validated_month
 from ple_platform.core.data.santander import SANTANDER_COLUMNS, santander_months, santander_sql
 from ple_platform.core.data.schema import PRODUCT_NAMES, PRODUCTS, TABLE_SCHEMAS
+from ple_platform.core.governance.audit.pseudonymise import hmac_sql, pseudonymise
 from ple_platform.core.data.validation import RawDataError
 
 SAMPLE = Path(__file__).parent / "data" / "santander_train_ver2_sample.csv"
 JAN, FEB = date(2015, 1, 1), date(2015, 2, 1)
+
+
+KEY = b"test-pseudonymisation-key"  # errors quote customers by their pseudonym under this key
 
 
 @pytest.fixture
@@ -58,7 +62,7 @@ def edited(tmp_path: Path, customer: str, fecha: str, **changes: str) -> Path:
 
 def raises(con, path: Path, table: str, month: date) -> RawDataError:
     with pytest.raises(RawDataError) as info:
-        validated_month(con, LandingSource("santander", path), table, month)
+        validated_month(con, LandingSource("santander", path), table, month, pseudonym_sql=lambda e: hmac_sql(e, KEY))
     err = info.value
     assert err.table == table and err.source == str(path)
     return err
@@ -216,7 +220,8 @@ def test_duplicate_customer_month(con, tmp_path):
     rows.append(list(rows[2]))
     path = write_variant(tmp_path, rows)
     err = raises(con, path, "holdings", JAN)
-    assert (err.rule, err.column, err.n_rows, err.examples) == ("unique_customer_month", "ncodpers", 2, ["1050611"])
+    assert (err.rule, err.column, err.n_rows, err.examples) == ("unique_customer_month", "ncodpers", 2,
+                                                                 [pseudonymise("1050611", KEY)])
 
 
 def test_unparseable_fecha_dato_fails_every_month(con, tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from ple_platform.core.data.schema import parse_month
+from ple_platform.core.secrets import audit_key_material, pseudonymisation_key_material
 
 DEFAULT_START_MONTH = date(2015, 1, 1)
 DEFAULT_END_MONTH = date(2016, 5, 1)  # inclusive: 17 monthly snapshots
@@ -46,6 +47,10 @@ class Settings:
     governance_db: Path  # registry + audit log: a small DuckDB file of its own (see core/governance/audit/store.py)
     require_approval: bool  # promotion waits for a human approval record
     promotion_policy: dict  # overrides of PromotionPolicy's rules (JSON in PLE_PROMOTION_POLICY)
+    # Where each HMAC key comes from ("env:<VARIABLE>" or "dev_default"), for the compliance report. Reading
+    # the settings in production checks both keys, so a deployment with a published or short key never starts.
+    pseudonymisation_key_source: str = "dev_default"
+    audit_key_source: str = "dev_default"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -75,6 +80,8 @@ class Settings:
         approval = e.get("PLE_REQUIRE_APPROVAL", "0").strip().lower()
         if approval not in ("0", "1", "true", "false", "yes", "no", ""):
             raise SettingsError(f"PLE_REQUIRE_APPROVAL={approval!r}: expected 1/0, true/false or yes/no")
+        pseudonymisation = pseudonymisation_key_material(e)  # raises MissingSecretError in prod
+        audit = audit_key_material(e)
         return cls(
             env=env,
             data_dir=data_dir,
@@ -91,4 +98,6 @@ class Settings:
             governance_db=Path(e.get("PLE_GOVERNANCE_DB", str(data_dir / "governance.duckdb"))),
             require_approval=approval in ("1", "true", "yes"),
             promotion_policy=policy,
+            pseudonymisation_key_source=pseudonymisation.source,
+            audit_key_source=audit.source,
         )

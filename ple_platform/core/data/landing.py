@@ -12,6 +12,16 @@ Layouts (one month = one Dagster partition, month key = first day of the month):
 
 ``transactions_path`` overrides the transaction location for either kind.
 
+Manifest: when a ``manifest.json`` (the generator's format: ``{"files": {"<table>/month=...parquet": {"rows": n,
+"sha256": hex}}}``) sits in the landing root beside the table folders, a one-month file it lists must have exactly
+that row count (rule ``manifest_rows``) and content hash (``manifest_sha256``); both are checked after the content
+rules, so a bad value is named by its own rule first. Files it does not list, and the all-months files (the
+Santander CSV, a single transactions file), are checked by content only.
+
+Empty months: customers and holdings must have rows. A transactions month with no rows is an error (``non_empty``)
+unless declared empty: its manifest entry records ``"rows": 0``, or the manifest lists the month under
+``"declared_empty": {"transactions": ["YYYY-MM-01", ...]}``.
+
 Usage by a raw asset::
 
     vm = validated_month(con, source, "customers", month)       # raises RawDataError on bad input
@@ -21,10 +31,12 @@ Usage by a raw asset::
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import duckdb
 
@@ -45,6 +57,61 @@ from ple_platform.core.data.validation import (
 SourceKind = Literal["synthetic", "santander"]
 # Tables that must have rows in every month (a month without customers is a broken landing, not "no data").
 NON_EMPTY_TABLES = frozenset({"customers", "holdings"})
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """What the landing manifest says about one file/month (None where it says nothing)."""
+
+    path: Path  # the manifest file
+    rows: int | None = None
+    sha256: str | None = None
+    declared_empty: bool = False
+
+
+def manifest_entry(table: str, data_file: Path, month: date, *, all_months: bool) -> ManifestEntry | None:
+    """The manifest's record of ``data_file`` (looked up in the file's folder and the one above), or None."""
+    for root in (data_file.parent, data_file.parent.parent):
+        path = root / MANIFEST_NAME
+        if not path.is_file():
+            continue
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+            files = manifest.get("files") or {}
+            declared = (manifest.get("declared_empty") or {}).get(table) or []
+        except (OSError, ValueError, AttributeError) as exc:
+            raise readable_error(table, str(path), f"manifest is not a readable JSON object ({exc})") from None
+        entry = None if all_months else files.get(data_file.relative_to(root).as_posix())
+        rows = entry.get("rows") if isinstance(entry, dict) else None
+        sha = entry.get("sha256") if isinstance(entry, dict) else None
+        return ManifestEntry(path, rows=rows, sha256=sha,
+                             declared_empty=rows == 0 or month.isoformat() in {str(m) for m in declared})
+    return None
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_manifest(table: str, source: str, entry: ManifestEntry | None, n_rows: int) -> None:
+    """Raise RawDataError when the file disagrees with its manifest entry (row count first, then hash)."""
+    if entry is None:
+        return
+    if entry.rows is not None and int(entry.rows) != n_rows:
+        raise RawDataError(table=table, source=source, rule="manifest_rows",
+                           detail=f"{entry.path} records {entry.rows} rows, the file has {n_rows} "
+                                  "(truncated, replaced or partly written)")
+    if entry.sha256 is not None:
+        actual = _file_sha256(Path(source))
+        if actual != entry.sha256:
+            raise RawDataError(table=table, source=source, rule="manifest_sha256",
+                               detail=f"{entry.path} records sha256 {entry.sha256[:16]}…, the file has "
+                                      f"{actual[:16]}… (the file changed after the manifest was written)")
 
 
 @dataclass(frozen=True)
@@ -132,13 +199,15 @@ def staging_for(source: LandingSource, table: str, month: date) -> Staging | Non
 
 
 def validated_month(
-    con: duckdb.DuckDBPyConnection, source: LandingSource, table: str, month: date
+    con: duckdb.DuckDBPyConnection, source: LandingSource, table: str, month: date,
+    *, pseudonym_sql: Callable[[str], str] | None = None,
 ) -> ValidatedMonth | None:
     """Validate one landing month of ``table`` and return the SELECT that loads it.
 
     Returns None only when ``source`` does not provide ``table`` at all (Santander without a transaction
     file): the caller marks the dependent groups unavailable. Raises :class:`RawDataError` for every bad input,
-    including a missing or unreadable file (rule ``readable``).
+    including a missing or unreadable file (rule ``readable``). Errors quote customers by the pseudonym
+    ``pseudonym_sql`` computes (SQL expression -> SQL expression), never by their source id.
     """
     if table not in TABLE_SCHEMAS:
         raise ValueError(f"unknown table {table!r} (expected one of {sorted(TABLE_SCHEMAS)})")
@@ -152,7 +221,14 @@ def validated_month(
         reason = "file not found" if not path.exists() else "not a regular file"
         raise readable_error(table, staging.source, reason)
 
+    all_months = staging.where is not None  # one file holds every month (Santander CSV, single transactions file)
+    entry = manifest_entry(table, path, month, all_months=all_months)
+    declared_empty = entry is not None and entry.declared_empty
+
     def empty_detail() -> str:
+        if table == "transactions":
+            return (f"no rows for month {month:%Y-%m}; an empty transactions month must be declared in "
+                    f"{MANIFEST_NAME} (rows 0 or declared_empty)")
         if source.kind == "santander" and staging.reader.startswith("read_csv"):
             try:
                 months = santander_months(source.path, con)
@@ -166,9 +242,11 @@ def validated_month(
         con,
         staging,
         known_mcc=[int(c) for c in mcc_hierarchy().codes] if table == "transactions" else (),
-        require_rows=table in NON_EMPTY_TABLES,
+        require_rows=table in NON_EMPTY_TABLES or (table == "transactions" and not declared_empty),
         empty_detail=empty_detail,
+        pseudonym_sql=pseudonym_sql,
     )
+    check_manifest(table, staging.source, entry, result.n_rows)
     return ValidatedMonth(
         sql=staging.output_sql(),
         source=staging.source,

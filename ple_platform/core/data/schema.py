@@ -83,6 +83,13 @@ SEGMENTS = ("01-TOP", "02-PARTICULARES", "03-UNIVERSITARIO")
 CHANNELS = tuple(f"CH{i:03d}" for i in range(12))  # acquisition channels used by the synthetic source
 SUITABILITY_PROFILES = ("conservative", "balanced", "growth")
 AGE_MIN, AGE_MAX = 18, 110
+# Documented plausibility ranges of landing values (docs/architecture.md, "Raw landing rules"). Wide enough for
+# every real source seen (Kaggle renta reaches 2.9e7, antiguedad 256 months), narrow enough that a unit or
+# sentinel error (1e300, -999999) fails ingest instead of overflowing features downstream.
+AMOUNT_MAX = 1_000_000.0  # one card transaction, EUR
+INCOME_MAX = 100_000_000.0  # yearly gross income, EUR
+TENURE_MAX_MONTHS = 1200  # 100 years
+JOIN_DATE_MIN = date(1900, 1, 1)  # join dates run from here to the end of the snapshot month (none in the future)
 
 # --- Arrow schemas of the canonical tables (what a landing file must contain, exactly these types) ----------
 
@@ -171,4 +178,6 @@ def parse_month(text: str) -> date:
     parts = text.strip().split("-")
     if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
         raise ValueError(f"not a month: {text!r} (expected YYYY-MM or YYYY-MM-DD)")
+    if not 1 <= int(parts[1]) <= 12 or not 1 <= int(parts[0]) <= 9999:
+        raise ValueError(f"not a month: {text!r} (the month must be 01..12)")
     return date(int(parts[0]), int(parts[1]), 1)

@@ -13,6 +13,10 @@ row filter, and per canonical column three SQL expressions:
 column list); only when a rule fails are the offending rows looked at again to collect up to 3 examples. Nothing
 is materialised in Python, so a 20M-row month costs one streaming pass.
 
+A raw customer id never appears in an error: where an example would be an id (duplicates, NULLs in another
+column, an id that does not parse), it is quoted as its pseudonym when the caller passes ``pseudonym_sql`` (the
+raw asset passes the ingest HMAC), and left out otherwise. Messages go to Dagster's run storage and the UI.
+
 Rules, in the order they are reported (the first failing one is raised; the others are listed in
 :attr:`RawDataError.failures` and in the message):
 
@@ -24,13 +28,24 @@ Rules, in the order they are reported (the first failing one is raised; the othe
 ``month_matches_partition``     the row's month/ts lies outside the partition month (months out of order)
 ``unique_customer_month``       more than one row per (customer_id, month); n_rows counts every row involved
 ``amount_finite_non_negative``  transaction amount is NaN, +/-inf or negative
+``plausible_amount``            transaction amount above ``AMOUNT_MAX``
 ``known_mcc``                   MCC code outside the shipped ISO 18245 hierarchy
 ``plausible_age``               age outside ``AGE_MIN..AGE_MAX`` (NULL is allowed)
+``plausible_income``            income NaN, +/-inf, negative or above ``INCOME_MAX`` (NULL is allowed)
+``plausible_tenure``            tenure_months outside ``0..TENURE_MAX_MONTHS`` (NULL is allowed)
+``plausible_join_date``         join_date before ``JOIN_DATE_MIN`` or after the snapshot month (in the future)
+``known_code``                  gender, segment or suitability_profile not in the documented code list
 ``binary_flags``                holdings product flags other than 0/1/NULL
+
+After these content rules, landing.py checks the source's manifest (``manifest_rows``, ``manifest_sha256``) and
+that a transactions month is not empty unless declared (``non_empty``).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -40,7 +55,9 @@ from typing import Any, Callable, Sequence
 import duckdb
 import pyarrow as pa
 
-from ple_platform.core.data.schema import AGE_MAX, AGE_MIN, PRODUCT_NAMES, TABLE_SCHEMAS, add_months
+from ple_platform.core.data.schema import (
+    AGE_MAX, AGE_MIN, AMOUNT_MAX, GENDERS, INCOME_MAX, JOIN_DATE_MIN, PRODUCT_NAMES, SEGMENTS, SUITABILITY_PROFILES,
+    TABLE_SCHEMAS, TENURE_MAX_MONTHS, add_months)
 from ple_platform.core.warehouse import duckdb_type as warehouse_duckdb_type
 
 RULES: tuple[str, ...] = (
@@ -52,9 +69,16 @@ RULES: tuple[str, ...] = (
     "month_matches_partition",
     "unique_customer_month",
     "amount_finite_non_negative",
+    "plausible_amount",
     "known_mcc",
     "plausible_age",
+    "plausible_income",
+    "plausible_tenure",
+    "plausible_join_date",
+    "known_code",
     "binary_flags",
+    "manifest_rows",
+    "manifest_sha256",
 )
 # Errors DuckDB raises for a file it cannot open or parse (not for a bug in the generated SQL).
 READ_ERRORS: tuple[type[Exception], ...] = (
@@ -63,7 +87,10 @@ READ_ERRORS: tuple[type[Exception], ...] = (
     duckdb.ConversionException,
 )
 MAX_EXAMPLES = 3
-_FILE_LEVEL_RULES = frozenset({"readable", "non_empty"})  # no per-row count in the message
+_FILE_LEVEL_RULES = frozenset({"readable", "non_empty", "manifest_rows", "manifest_sha256"})  # no row count shown
+# Code lists of the canonical text columns (NULL = unknown is allowed).
+KNOWN_CODES: dict[str, tuple[str, ...]] = {"gender": GENDERS, "segment": SEGMENTS,
+                                           "suitability_profile": SUITABILITY_PROFILES}
 
 
 class RawDataError(ValueError):
@@ -80,6 +107,7 @@ class RawDataError(ValueError):
         examples: Sequence[Any] = (),
         detail: str | None = None,
         failures: Sequence[tuple[str, str | None, int]] = (),
+        examples_label: str = "",
     ) -> None:
         self.table = table
         self.source = str(source)
@@ -88,6 +116,7 @@ class RawDataError(ValueError):
         self.n_rows = int(n_rows)
         self.examples = list(examples)[:MAX_EXAMPLES]
         self.detail = detail
+        self.examples_label = examples_label  # e.g. "customer pseudonym(s) " when examples identify customers
         # Every failure found in the same scan, (rule, column, n_rows), the raised one first.
         self.failures: list[tuple[str, str | None, int]] = list(failures) or [(rule, column, self.n_rows)]
         super().__init__(self._message())
@@ -99,7 +128,7 @@ class RawDataError(ValueError):
         if self.rule not in _FILE_LEVEL_RULES:
             msg += f": {self.n_rows} offending row(s)"
             if self.examples:
-                msg += f", e.g. {self.examples!r}"
+                msg += f", e.g. {self.examples_label}{self.examples!r}"
         if self.detail:
             msg += f": {self.detail}" if self.rule in _FILE_LEVEL_RULES else f" ({self.detail})"
         others = self.failures[1:]
@@ -251,13 +280,75 @@ def _example_value(v: Any) -> Any:
     return str(v)
 
 
-def _read_error_reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:300]
+_CSV_LINE_ERROR = re.compile(r"CSV Error on Line: (\d+)")
+_CSV_DIAGNOSE_BYTES = 64 << 20  # a sniffing failure comes from the file's first rows: look at the first 64 MiB
+_LIKELY = {"encoding": "likely cause: encoding (the file is not UTF-8; re-export it as UTF-8)",
+           "delimiter": "likely cause: delimiter (fields must be separated by ',')",
+           "fields": "likely cause: a stray delimiter or an unbalanced quote in that row",
+           "truncation": "likely cause: truncation (the file ends in the middle of a row)"}
+
+
+def _csv_diagnosis(path: Path) -> str | None:
+    """Line and likely cause of a CSV that DuckDB cannot sniff (it reports neither). Never quotes row content:
+    rows carry customer ids."""
+    try:
+        with Path(path).open("rb") as fh:
+            data = fh.read(_CSV_DIAGNOSE_BYTES)
+    except OSError:
+        return None
+    complete = len(data) < _CSV_DIAGNOSE_BYTES
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if complete or err.start < len(data) - 4:  # not just a character cut by the read limit
+            line = data.count(b"\n", 0, err.start) + 1
+            return f"line {line}: byte 0x{data[err.start]:02x} is not UTF-8 -> {_LIKELY['encoding']}"
+        text = data[:err.start].decode("utf-8")
+    rows = csv.reader(io.StringIO(text, newline=""), delimiter=",", quotechar='"')
+    try:
+        header = next(rows)
+    except (StopIteration, csv.Error):
+        return None
+    if len(header) == 1:
+        seps = {sep: header[0].count(sep) for sep in (";", "\t", "|")}
+        sep, n = max(seps.items(), key=lambda kv: kv[1])
+        if n:
+            shown = "tab" if sep == "\t" else repr(sep)
+            return f"line 1: the header has no ',' but {n} {shown} -> {_LIKELY['delimiter']}"
+    try:
+        for row in rows:
+            if len(row) != len(header):
+                last = rows.line_num == text.count("\n") + 1 and not text.endswith("\n")
+                why = _LIKELY["truncation"] if last and complete and len(row) < len(header) else _LIKELY["fields"]
+                return f"line {rows.line_num}: {len(row)} fields, the header has {len(header)} -> {why}"
+    except csv.Error as err:
+        return f"line {rows.line_num}: {err} -> {_LIKELY['fields']}"
+    return None
+
+
+def _read_error_reason(exc: BaseException, source: str | None = None) -> str:
+    """DuckDB's reason, shortened to what says why: for CSVs the line and the likely cause (never the line's
+    content, which DuckDB quotes as 'Original Line' and which holds customer ids)."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    first = lines[0]
+    line = _CSV_LINE_ERROR.search(first)
+    if line:
+        causes = [ln for ln in lines[1:] if not ln.startswith(("Original Line", "Possible", "file =", "*"))]
+        cause = causes[0] if causes else "unparseable row"
+        kind = ("encoding" if "unicode" in cause.lower() or "utf-8" in cause.lower()
+                else "fields" if "column" in cause.lower() else None)
+        return f"line {line.group(1)}: {cause[:200]}" + (f" -> {_LIKELY[kind]}" if kind else "")
+    if "Error when sniffing file" in first and source is not None:
+        diagnosis = _csv_diagnosis(Path(source))
+        if diagnosis:
+            return f"cannot parse the CSV: {diagnosis}"
+    return first[:300]
 
 
 def readable_error(table: str, source: str, exc: BaseException | str) -> RawDataError:
-    reason = exc if isinstance(exc, str) else _read_error_reason(exc)
+    reason = exc if isinstance(exc, str) else _read_error_reason(exc, source)
     return RawDataError(table=table, source=source, rule="readable", detail=reason)
 
 
@@ -326,12 +417,28 @@ def table_checks(table: str, month: date, known_mcc: Sequence[int]) -> list[Chec
                 _v("amount"),
             )
         )
+        checks.append(Check("plausible_amount", "amount", f"isfinite({_v('amount')}) AND {_v('amount')} > {AMOUNT_MAX!r}", _v("amount")))
         codes = ", ".join(str(int(c)) for c in known_mcc)
         checks.append(Check("known_mcc", "mcc", f"{_v('mcc')} NOT IN ({codes})", _v("mcc")))
     if "age" in names:
         checks.append(
             Check("plausible_age", "age", f"{_v('age')} < {AGE_MIN} OR {_v('age')} > {AGE_MAX}", _v("age"))
         )
+    if "income" in names:
+        inc = _v("income")
+        checks.append(Check("plausible_income", "income",
+                            f"NOT isfinite({inc}) OR {inc} < 0 OR {inc} > {INCOME_MAX!r}", inc))
+    if "tenure_months" in names:
+        ten = _v("tenure_months")
+        checks.append(Check("plausible_tenure", "tenure_months", f"{ten} < 0 OR {ten} > {TENURE_MAX_MONTHS}", ten))
+    if "join_date" in names:
+        jd = _v("join_date")
+        checks.append(Check("plausible_join_date", "join_date",
+                            f"{jd} < DATE '{JOIN_DATE_MIN.isoformat()}' OR {jd} >= DATE '{hi}'", jd))
+    for column, allowed in KNOWN_CODES.items():
+        if column in names:
+            listed = ", ".join(sql_str(c) for c in allowed)
+            checks.append(Check("known_code", column, f"{_v(column)} NOT IN ({listed})", _v(column)))
     if table == "holdings":
         for p in PRODUCT_NAMES:
             checks.append(Check("binary_flags", p, f"{_v(p)} NOT IN (0, 1)", _v(p)))
@@ -346,6 +453,10 @@ def _examples(con: duckdb.DuckDBPyConnection, stage: str, predicate: str, exampl
     return [_example_value(r[0]) for r in rows]
 
 
+ID_COLUMN = "customer_id"
+PSEUDONYM_LABEL = "customer pseudonym(s) "
+
+
 def validate_staging(
     con: duckdb.DuckDBPyConnection,
     staging: Staging,
@@ -353,9 +464,23 @@ def validate_staging(
     known_mcc: Sequence[int] = (),
     require_rows: bool = False,
     empty_detail: Callable[[], str] | None = None,
+    pseudonym_sql: Callable[[str], str] | None = None,
 ) -> ValidationResult:
-    """Run every rule over the staged month in one aggregate scan; raise RawDataError on the first failure."""
+    """Run every rule over the staged month in one aggregate scan; raise RawDataError on the first failure.
+
+    ``pseudonym_sql`` maps a VARCHAR SQL expression to the expression of its pseudonym; examples that would show
+    a customer id show that instead (or nothing without it)."""
     table, source = staging.table, staging.source
+
+    id_examples: set[str] = set()  # example expressions that show pseudonyms
+
+    def id_example(expr: str) -> str | None:
+        if pseudonym_sql is None:
+            return None
+        shown = pseudonym_sql(f"CAST({expr} AS VARCHAR)")
+        id_examples.add(shown)
+        return shown
+
     check_required_columns(con, table, source, staging.reader, staging.required_columns)
     stage = staging.stage_sql()
     unique = "month" in {c.name for c in staging.columns} and table != "transactions"
@@ -390,13 +515,12 @@ def validate_staging(
     for c in staging.columns:
         k = res[("type", c.name)]
         if k:
-            failures.append(
-                ("type", c.reported_column, k, f"{_r(c.name)} IS NOT NULL AND {_p(c.name)} IS NULL", _r(c.name))
-            )
+            ex = id_example(_r(c.name)) if c.name == ID_COLUMN else _r(c.name)
+            failures.append(("type", c.reported_column, k, f"{_r(c.name)} IS NOT NULL AND {_p(c.name)} IS NULL", ex))
     for c in staging.columns:
         k = res.get(("not_null", c.name), 0)
         if k:
-            ex = _v("customer_id") if c.name != "customer_id" and "customer_id" in by_name else None
+            ex = id_example(_v(ID_COLUMN)) if c.name != ID_COLUMN and ID_COLUMN in by_name else None
             failures.append(("not_null", c.reported_column, k, f"{_r(c.name)} IS NULL", ex))
     dup_index = len(failures)
     has_dup = unique and res[("dup",)] > 0
@@ -420,19 +544,21 @@ def validate_staging(
         for rule, col, k, predicate, example in failures:
             examples: list[Any] = []
             if rule == "unique_customer_month":
-                key = _v("customer_id")
+                key = _v(ID_COLUMN)
+                shown = id_example("key") or "NULL"
                 dup_rows = con.sql(
-                    f"SELECT {key}, count(*) AS c FROM ({stage}) WHERE {key} IS NOT NULL GROUP BY 1 HAVING count(*) > 1"
-                    " ORDER BY 1"
+                    f"SELECT {shown}, c FROM (SELECT {key} AS key, count(*) AS c FROM ({stage}) WHERE {key} IS NOT NULL"
+                    " GROUP BY 1 HAVING count(*) > 1) ORDER BY 1"
                 ).fetchall()
                 k = sum(int(r[1]) for r in dup_rows)
-                examples = [r[0] for r in dup_rows[:MAX_EXAMPLES]]
+                examples = [r[0] for r in dup_rows[:MAX_EXAMPLES] if r[0] is not None]
             elif predicate is not None and example is not None and not resolved:
                 examples = _examples(con, stage, predicate, example)  # examples only for the raised failure
             resolved.append((rule, col, k, examples))
     except READ_ERRORS as exc:
         raise readable_error(table, source, exc) from exc
     rule, col, k, examples = resolved[0]
+    label = PSEUDONYM_LABEL if examples and (rule == "unique_customer_month" or failures[0][4] in id_examples) else ""
     detail = empty_detail() if rule == "non_empty" and empty_detail is not None else None
     raise RawDataError(
         table=table,
@@ -443,6 +569,7 @@ def validate_staging(
         examples=examples,
         detail=detail,
         failures=[(r, c, kk) for r, c, kk, _ in resolved],
+        examples_label=label,
     )
 
 

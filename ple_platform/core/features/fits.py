@@ -7,7 +7,9 @@ defaults to the last month inside the training window of the production model (s
 
 A fit is a dict of numpy arrays plus JSON metadata, saved as safetensors (deterministic bytes, no pickle)
 under ``feature_fits/<group>/<fit_month>.safetensors``, and recorded with its months and SHA-256 in the
-warehouse table ``features.fit_registry``.
+warehouse table ``features.fit_registry``. The stored bytes are a function of the fit's inputs only: timing
+metrics (``WALL_CLOCK_KEYS``) are dropped from the metadata, so two clean runs store byte-identical fits with
+the same SHA-256 (the registry's ``created_at`` is outside the hashed bytes).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from ple_platform.core.data.schema import add_months
 from ple_platform.core.storage import ArtifactStore, sha256_bytes
 
 FIT_WINDOW_MONTHS = 12
+# Metadata keys that measure the run, not the fit (wall-clock seconds); never part of the hashed artifact.
+WALL_CLOCK_KEYS = frozenset({"seconds", "fit_seconds", "wall_seconds", "elapsed", "fitted_at", "created_at"})
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,18 @@ class FitRecord:
 Fit = tuple[dict[str, np.ndarray], dict]
 
 
+def deterministic_meta(meta):
+    """``meta`` without wall-clock entries, at any depth."""
+    if isinstance(meta, dict):
+        return {k: deterministic_meta(v) for k, v in meta.items() if k not in WALL_CLOCK_KEYS}
+    if isinstance(meta, (list, tuple)):
+        return [deterministic_meta(v) for v in meta]
+    return meta
+
+
 def encode_fit(arrays: dict[str, np.ndarray], meta: dict) -> bytes:
-    return st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"meta": json.dumps(meta, sort_keys=True)})
+    return st_save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                   metadata={"meta": json.dumps(deterministic_meta(meta), sort_keys=True)})
 
 
 def decode_fit(data: bytes) -> Fit:
@@ -93,7 +107,7 @@ class FitStore:
             if tuple(fit[1].get("_months", [])) == month_strs:
                 return fit, FitRecord(group, fit_key, month_strs, self.store.uri(key), sha256_bytes(data), True)
         arrays, meta = fit_fn()
-        meta = {**meta, "_months": list(month_strs), "_group": group}
+        meta = deterministic_meta({**meta, "_months": list(month_strs), "_group": group})
         uri, digest = self.store.put(key, encode_fit(arrays, meta))
         self.con.execute(
             "INSERT OR REPLACE INTO features.fit_registry VALUES (?, ?, ?, ?, ?, ?)",

@@ -6,14 +6,12 @@ the warehouse write, the batch summary in the artifact store, one audit entry pe
 """
 
 import json
-import os
 from datetime import date
 
 import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
 from ple_platform.core.governance.audit.log import AuditEvent, AuditIntegrityError
-from ple_platform.core.governance.audit.pseudonymise import KEY_ENV_VAR
 from ple_platform.core.recommend.monthly import (
     LANGS,
     TABLE,
@@ -130,7 +128,7 @@ def compliance_report(context: dg.AssetExecutionContext, config: ComplianceRepor
     evidence_settings = EvidenceSettings(
         n_boot=config.n_boot, min_group_size=config.min_group_size, landing_kind=settings.landing_kind,
         require_approval=settings.require_approval,
-        pseudonymisation_key_source="env" if os.environ.get(KEY_ENV_VAR) else "dev_default")
+        pseudonymisation_key_source=settings.pseudonymisation_key_source, audit_key_source=settings.audit_key_source)
     with warehouse.get_connection() as con:
         try:
             evidence = collect_evidence(con, store, governance.registry(), governance.audit_log(), month,

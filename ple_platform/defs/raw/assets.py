@@ -85,9 +85,12 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
     def _raw(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
              governance: GovernanceResource):
         month = date.fromisoformat(context.partition_key)
+        key = pseudonymisation_key()
         with warehouse.get_connection() as con:
             try:
-                validated = validated_month(con, landing.source(), table, month)
+                # Errors quote customers by pseudonym: the message lands in run storage and the UI.
+                validated = validated_month(con, landing.source(), table, month,
+                                            pseudonym_sql=lambda expr: hmac_sql(expr, key))
             except RawDataError as err:
                 # The message already names file, column, rule and row count: show it, not a traceback.
                 raise dg.Failure(description=str(err), metadata={"rule": err.rule, "offending_rows": err.n_rows}) from None
@@ -108,7 +111,7 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
                     ],
                     data_version=dg.DataVersion("unavailable"),
                 )
-            n_rows = replace_partition(con, qualified, month, _insert_select(table, validated.sql, pseudonymisation_key()))
+            n_rows = replace_partition(con, qualified, month, _insert_select(table, validated.sql, key))
             content_hash = partition_content_hash(con, qualified, month)
             rates = null_rates(con, qualified, month)
             results = raw_checks.run_rules(con, table, month)

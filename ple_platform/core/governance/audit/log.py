@@ -15,12 +15,21 @@ the CLI and the serving API therefore extend one chain, whatever process they ru
 Truncation: a chain alone cannot show that its last rows were deleted. ``audit_head(id=1, seq, hash, mac)``
 is updated in the same transaction as each append and carries ``mac = HMAC(key, {head, seq, hash})``;
 ``verify`` checks that the head matches the last row. Deleting the tail *and* rewriting the head consistently
-needs the key. What the head cannot catch is a rollback of the whole file to an older copy (old head, old
-tail): that needs the head hash anchored outside the store (e.g. exported with each compliance report).
+needs the key.
+
+Anchor: the head is also kept outside the table, in the sidecar file ``<db>.head`` (``{seq, hash, mac}``, MAC'd
+with the key, rewritten after each append). ``verify`` fails when the store file is missing while the anchor
+exists, when the table holds fewer entries than the anchor (emptied, truncated, rolled back to an older copy) or
+when the anchored entry's hash differs (store replaced). A store file that does not exist is reported as "no
+audit log" and never created by ``verify``. Limit: deleting the anchor file *and* emptying or rolling back the
+store together is not detectable from the governance folder alone; a store with entries but no anchor (written
+before anchors existed) verifies and gets its anchor on the next append.
 
 Appends fail closed (``AuditIntegrityError``) when the head is missing for a non-empty log, its MAC does not
-verify with this key, or it disagrees with the last row: extending a broken or foreign chain would hide the
-break. Verification is read in pages under short shared locks, so it never blocks writers for long.
+verify with this key, it disagrees with the last row, the anchor is forged or ahead of the table, or an entry
+since the anchor does not verify (incremental: only the entries after the last anchored one are recomputed, so
+an append stays O(1)), and before an ``AuditLog``'s first append the whole chain must verify (a break in the
+middle included; once per ``AuditLog`` instance); extending a broken or foreign chain would hide the break. Verification is read in pages under short shared locks, so it never blocks writers for long.
 
 Key: ``PLE_AUDIT_KEY``. Without it, ``PLE_ENV=prod`` refuses to run (``MissingSecretError``); elsewhere the
 documented ``DEV_AUDIT_KEY`` is used -- for the demo and tests only, anyone can forge entries with it.
@@ -34,18 +43,17 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ple_platform.core.governance.audit.pseudonymise import MissingSecretError
+from ple_platform.core.secrets import AUDIT_KEY_ENV_VAR, DEV_AUDIT_KEY, MissingSecretError, audit_key_material
 from ple_platform.core.governance.audit.store import (GovernanceStore, StoreSession, as_utc, canonical_json,
                                                       utc_now)
 
-AUDIT_KEY_ENV_VAR = "PLE_AUDIT_KEY"
-# Demo-only default (public in the source: it proves nothing). Refused when PLE_ENV=prod.
-DEV_AUDIT_KEY = b"ple-platform-dev-only-audit-log-key"
 GENESIS_HASH = "0" * 64
 _HEAD_ID = 1
 _PAGE_SIZE = 10_000
@@ -106,18 +114,8 @@ class VerifyResult:
 
 
 def audit_key(environ: Mapping[str, str] | None = None) -> bytes:
-    """The audit HMAC key from ``PLE_AUDIT_KEY``; ``DEV_AUDIT_KEY`` outside production."""
-    e = os.environ if environ is None else environ
-    value = e.get(AUDIT_KEY_ENV_VAR, "")
-    prod = e.get("PLE_ENV", "dev") == "prod"
-    if value:
-        if prod and value.encode() == DEV_AUDIT_KEY:
-            raise MissingSecretError(f"{AUDIT_KEY_ENV_VAR} is the public dev key: set a real secret in production")
-        return value.encode()
-    if prod:
-        raise MissingSecretError(
-            f"{AUDIT_KEY_ENV_VAR} is not set: production refuses to write or verify the audit log with the dev key")
-    return DEV_AUDIT_KEY
+    """The audit HMAC key from ``PLE_AUDIT_KEY``; ``DEV_AUDIT_KEY`` outside production (rules: core/secrets.py)."""
+    return audit_key_material(environ).value
 
 
 def _ts_text(ts: dt.datetime) -> str:
@@ -129,6 +127,12 @@ def entry_hash(key: bytes, seq: int, ts: dt.datetime, actor: str, event: str, su
     """HMAC-SHA256 of an entry's canonical form (``ts`` naive UTC, ``payload_json`` the stored text)."""
     message = canonical_json({"seq": seq, "ts": _ts_text(ts), "actor": actor, "event": event, "subject": subject,
                               "payload": payload_json, "prev_hash": prev_hash})
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def anchor_mac(key: bytes, seq: int, last_hash: str) -> str:
+    """MAC of the sidecar anchor (domain-separated from the head row and the entries)."""
+    message = canonical_json({"anchor": str(_HEAD_ID), "seq": seq, "hash": last_hash})
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
@@ -152,6 +156,43 @@ class AuditLog:
             raise AuditLogError("audit key must be non-empty bytes (see audit_key())")
         self.store = store
         self._key = bytes(key)
+        self._chain_checked = False  # the whole chain is verified before this instance's first append
+
+    @property
+    def anchor_path(self) -> Path:
+        """The sidecar file anchoring the head outside the store (``<db>.head``)."""
+        return self.store.path.with_name(self.store.path.name + ".head")
+
+    def _read_anchor(self) -> tuple[int, str, bool] | None:
+        """(seq, hash, MAC valid) of the anchor file, or None when there is none."""
+        try:
+            doc = json.loads(self.anchor_path.read_text(encoding="utf-8"))
+            seq, last_hash, mac = int(doc["seq"]), str(doc["hash"]), str(doc["mac"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return (0, GENESIS_HASH, False)  # unreadable: as good as forged
+        return seq, last_hash, hmac.compare_digest(mac, anchor_mac(self._key, seq, last_hash))
+
+    def _check_chain_once(self) -> None:
+        """Before this instance's first append: the whole chain must verify (a break in the middle included).
+        Later appends check incrementally from the anchor (``_current_head``), so a long-lived writer (the
+        serving API) pays the full pass once; a Dagster step's short-lived instance once per step."""
+        if self._chain_checked:
+            return
+        if self.store.path.exists():
+            result = self.verify()
+            if not result.ok:
+                raise AuditIntegrityError(f"audit log does not verify ({result.reason}): refusing to append "
+                                          "(run `ple-platform audit verify`)")
+        self._chain_checked = True
+
+    def _write_anchor(self, seq: int, last_hash: str) -> None:
+        # Written after the commit, never before: an anchor behind the table (a crash in between, or two writers
+        # finishing out of order) verifies; one ahead of it would read as a truncated log.
+        tmp = self.anchor_path.with_name(f"{self.anchor_path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps({"seq": seq, "hash": last_hash, "mac": anchor_mac(self._key, seq, last_hash)}))
+        os.replace(tmp, self.anchor_path)
 
     def append(self, event: str | AuditEvent, subject: str, payload: Mapping[str, Any],
                actor: str = "system") -> AuditEntry:
@@ -162,6 +203,7 @@ class AuditLog:
         if not isinstance(payload, Mapping):
             raise AuditLogError(f"audit payload must be a mapping, got {type(payload).__name__}")
         payload_json = canonical_json(payload, "payload")  # raises CanonicalJSONError (a ValueError) naming the key
+        self._check_chain_once()
         with self.store.transaction() as con:
             prev_seq, prev_hash = self._current_head(con)
             seq, ts = prev_seq + 1, utc_now()
@@ -170,6 +212,7 @@ class AuditLog:
                         [seq, ts, actor, ev.value, subject, payload_json, prev_hash, h])
             con.execute("INSERT OR REPLACE INTO audit_head VALUES (?, ?, ?, ?)",
                         [_HEAD_ID, seq, h, head_mac(self._key, seq, h)])
+        self._write_anchor(seq, h)
         return AuditEntry(seq, as_utc(ts), actor, ev, subject, json.loads(payload_json), prev_hash, h)
 
     def append_many(self, items: Sequence[tuple[str | AuditEvent, str, Mapping[str, Any], str]]) -> list[AuditEntry]:
@@ -179,14 +222,18 @@ class AuditLog:
         prepared = self._prepare(items)
         if not prepared:
             return []
+        self._check_chain_once()
         with self.store.transaction() as con:
-            return self._insert(con, self._current_head(con), prepared)
+            out = self._insert(con, self._current_head(con), prepared)
+        self._write_anchor(out[-1].seq, out[-1].hash)
+        return out
 
     @contextmanager
     def writer(self) -> Iterator[ChainWriter]:
         """A long-lived appender holding the store's ``session()`` (exclusive lock and attachment): its
         ``append_many`` is one commit per group, with the head read and checked once per session. Close it
         when idle: nobody else can write or read the store while it is open."""
+        self._check_chain_once()  # before the session: verify() reads the store
         with self.store.session() as session:
             yield ChainWriter(self, session)
 
@@ -243,6 +290,13 @@ class AuditLog:
         """Recompute the chain and check the head; stop at the first break and say where and why."""
         if page_size < 1:
             raise AuditLogError(f"page_size must be >= 1, got {page_size}")
+        anchor = self._read_anchor()
+        if not self.store.path.exists():  # never create a store here: a wrong path must not verify
+            if anchor is not None:
+                return VerifyResult(False, 0, None, f"audit store {self.store.path} is missing, but its anchor "
+                                                    f"records {anchor[0]} entries (file deleted or moved)")
+            return VerifyResult(False, 0, None, f"no audit log at {self.store.path}: the file does not exist "
+                                                "(nothing recorded yet, or a wrong PLE_GOVERNANCE_DB)")
         with self.store.read() as con:
             head = con.execute("SELECT seq, hash, mac FROM audit_head WHERE id = ?", [_HEAD_ID]).fetchall()
             n_rows, max_seq = con.execute("SELECT count(*), coalesce(max(seq), 0) FROM audit_log").fetchall()[0]
@@ -254,6 +308,7 @@ class AuditLog:
             return VerifyResult(False, n_rows, seq, reason)
 
         prev_seq, prev_hash = 0, GENESIS_HASH
+        hash_at_anchor = None  # the stored hash of the anchored entry, seen on the way
         while True:
             # Rows above the snapshot's max_seq were appended after verification started: not ours to judge.
             with self.store.read() as con:
@@ -278,10 +333,15 @@ class AuditLog:
                                        "(wrong audit key, or the whole log was rewritten)")
                     return fail(seq, f"entry {seq}: hash mismatch (row edited)")
                 prev_seq, prev_hash = seq, stored_hash
+                if anchor is not None and seq == anchor[0]:
+                    hash_at_anchor = stored_hash
         # prev_seq == max_seq here: every seq 1..max_seq was present (a gap returned above).
+        anchored = self._anchor_failure(anchor, max_seq, hash_at_anchor)
         if head_row is None:
             if max_seq == 0:
-                return VerifyResult(True, 0, None, "audit log empty")
+                if anchored is not None:
+                    return fail(None, anchored)
+                return VerifyResult(True, 0, None, "audit log empty (no entries recorded yet)")
             return fail(None, f"audit head missing while the log has {max_seq} entries (head row deleted)")
         if not head_ok:
             return fail(None, "audit head: MAC mismatch (head row edited, or a different key)")
@@ -294,7 +354,48 @@ class AuditLog:
                                       "entries; rows added without the key)")
         if head_hash != prev_hash:
             return fail(head_seq, f"entry {head_seq}: hash differs from the head's (last row replaced)")
+        if anchored is not None:
+            return fail(None, anchored)
         return VerifyResult(True, n_rows, None, f"{n_rows} entries, chain and head verified")
+
+    def _anchor_failure(self, anchor: tuple[int, str, bool] | None, max_seq: int,
+                        hash_at_anchor: str | None) -> str | None:
+        """Why the table disagrees with the anchor file (None when it agrees or there is no anchor)."""
+        if anchor is None:
+            return None
+        seq, anchored_hash, mac_ok = anchor
+        if not mac_ok:
+            return f"audit anchor {self.anchor_path.name}: MAC mismatch (anchor forged or edited, or a different key)"
+        if seq > max_seq:
+            what = "emptied" if max_seq == 0 else "truncated or rolled back to an older copy"
+            return (f"audit log {what}: the anchor records {seq} entries, the store holds {max_seq}")
+        if seq and hash_at_anchor != anchored_hash:
+            return f"entry {seq}: hash differs from the anchored one (store replaced)"
+        return None
+
+    def _verify_since_anchor(self, con: Any, head_seq: int) -> None:
+        """Recompute the entries from the anchored one to the head; raise AuditIntegrityError on a break."""
+        anchor = self._read_anchor()
+        if anchor is None:
+            return
+        seq, anchored_hash, mac_ok = anchor
+        problem = None if mac_ok else "the anchor file's MAC does not verify (forged, edited or another key)"
+        if problem is None and seq > head_seq:
+            problem = f"the anchor records {seq} entries, the store holds {head_seq} (emptied or rolled back)"
+        if problem is None and seq:
+            rows = con.execute("SELECT seq, ts, actor, event, subject, payload, prev_hash, hash FROM audit_log "
+                               "WHERE seq >= ? ORDER BY seq", [seq]).fetchall()
+            prev = anchored_hash
+            for i, (s, ts, actor, event, subject, payload, stored_prev, stored_hash) in enumerate(rows):
+                linked = stored_hash == anchored_hash if i == 0 else stored_prev == prev
+                ok = s == seq + i and linked and hmac.compare_digest(
+                    stored_hash, entry_hash(self._key, s, ts, actor, event, subject, payload, stored_prev))
+                if not ok:
+                    problem = f"entry {s} does not verify against the chain anchored at entry {seq}"
+                    break
+                prev = stored_hash
+        if problem:
+            raise AuditIntegrityError(f"audit log: {problem}: refusing to append (run `ple-platform audit verify`)")
 
     def _current_head(self, con: Any) -> tuple[int, str]:
         """(seq, hash) of the last entry from the head row, cross-checked with the last row.
@@ -308,6 +409,7 @@ class AuditLog:
             if n:
                 raise AuditIntegrityError(f"audit head missing while the log has {n} entries: refusing to append "
                                           "(run `ple-platform audit verify`)")
+            self._verify_since_anchor(con, 0)
             return 0, GENESIS_HASH
         seq, last_hash, mac = head[0]
         if not hmac.compare_digest(mac, head_mac(self._key, seq, last_hash)):
@@ -317,6 +419,7 @@ class AuditLog:
         if tail != [(seq, last_hash)]:
             raise AuditIntegrityError(f"audit head (seq {seq}) disagrees with the stored rows {tail}: refusing to "
                                       "append (run `ple-platform audit verify`)")
+        self._verify_since_anchor(con, seq)
         return seq, last_hash
 
 
@@ -341,6 +444,7 @@ class ChainWriter:
             self._head = None
             raise
         self._head = (out[-1].seq, out[-1].hash)
+        self._log._write_anchor(*self._head)
         return out
 
 

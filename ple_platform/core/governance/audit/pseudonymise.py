@@ -10,29 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 from typing import Mapping
 
+from ple_platform.core.secrets import (  # noqa: F401  (MissingSecretError: re-exported)
+    DEV_PSEUDONYMISATION_KEY, PSEUDONYMISATION_KEY_ENV_VAR, MissingSecretError, pseudonymisation_key_material)
+
 PSEUDONYM_HEX_CHARS = 20  # 80 bits: collision probability ~1e-12 at 1M customers
-KEY_ENV_VAR = "PLE_PSEUDONYMISATION_KEY"
-# Documented demo default. Refused when PLE_ENV=prod (see pseudonymisation_key).
-DEV_KEY = b"ple-platform-dev-only-pseudonymisation-key"
-
-
-class MissingSecretError(RuntimeError):
-    """A secret required in production is not set."""
+KEY_ENV_VAR = PSEUDONYMISATION_KEY_ENV_VAR
+DEV_KEY = DEV_PSEUDONYMISATION_KEY  # documented demo default, refused when PLE_ENV=prod
 
 
 def pseudonymisation_key(environ: Mapping[str, str] | None = None) -> bytes:
-    e = os.environ if environ is None else environ
-    value = e.get(KEY_ENV_VAR)
-    if value:
-        return value.encode()
-    if e.get("PLE_ENV", "dev") == "prod":
-        raise MissingSecretError(
-            f"{KEY_ENV_VAR} is not set: production ingest refuses to pseudonymise customer ids with the dev key"
-        )
-    return DEV_KEY
+    """The key from ``PLE_PSEUDONYMISATION_KEY``; ``DEV_KEY`` outside production (rules: core/secrets.py)."""
+    return pseudonymisation_key_material(environ).value
 
 
 def pseudonymise(source_id: str, key: bytes) -> str:

@@ -48,7 +48,9 @@ class EvidenceSettings:
     min_group_size: int = 50  # smaller groups are "insufficient evidence", never a pass
     landing_kind: str = "synthetic"
     require_approval: bool = False
-    pseudonymisation_key_source: str = "dev_default"  # "env" when PLE_PSEUDONYMISATION_KEY is configured
+    # Where each HMAC key came from: "env:<VARIABLE>" when configured, "dev_default" for the published key.
+    pseudonymisation_key_source: str = "dev_default"
+    audit_key_source: str = "dev_default"
 
 
 def prediction_columns(task: str) -> list[str]:
@@ -173,7 +175,7 @@ def collect_evidence(con: duckdb.DuckDBPyConnection, store: ArtifactStore, regis
                                    "key_source": settings.pseudonymisation_key_source}},
         audit={"verify": {"ok": verify.ok, "n_entries": verify.n_entries,
                           "first_broken_seq": verify.first_broken_seq, "reason": verify.reason},
-               "n_entries": verify.n_entries},
+               "n_entries": verify.n_entries, "key_source": settings.audit_key_source},
         approvals=approvals or None,
         decision=None if d is None else {"outcome": d.outcome.value, "reasons": list(d.reasons),
                                          "evidence_sha256": d.evidence_sha256, "version": d.version,

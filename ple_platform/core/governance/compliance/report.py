@@ -658,7 +658,8 @@ def _chk_record_keeping(c: _Check) -> None:
                        f"(first broken entry {_fmt(verify.get('first_broken_seq'))})")
     if not n:
         c.missing.append("missing evidence: the audit log has no entries")
-    c.facts.update(verified=ok, n_entries=n, reason=verify.get("reason"))
+    # Where the chain's key came from: with the published dev key anyone can rehash a forged chain.
+    c.facts.update(verified=ok, n_entries=n, reason=verify.get("reason"), key_source=au.get("key_source"))
 
 
 def _chk_robustness(c: _Check) -> None:

@@ -20,6 +20,7 @@ from ple_platform.core.governance.promotion.registry import (
     PromotionKind,
     Registry,
     RegistryError,
+    UnknownVersionError,
     evidence_sha256,
 )
 
@@ -134,6 +135,11 @@ def approve_challenger(registry: Registry, audit: AuditLog, version: str, approv
         raise PromotionFlowError("an approval must name the approver")
     decisions = registry.decisions(version)
     if not decisions:
+        try:
+            registry.get(version)
+        except UnknownVersionError:
+            raise PromotionFlowError(f"{version} is unknown: no model version of that name is registered "
+                                     "(`ple-platform registry` lists them)") from None
         raise PromotionFlowError(f"{version} has no decision to approve yet; wait for challenger_evaluation")
     latest = decisions[-1]
     if latest.outcome == "reject":

@@ -1,0 +1,351 @@
+"""Faults and bad input: key misuse in production, CLI misuse, raw ids in messages, implausible landing data."""
+
+from __future__ import annotations
+
+import pytest
+
+from ple_platform.core.secrets import (
+    DEV_AUDIT_KEY, DEV_PSEUDONYMISATION_KEY, MIN_KEY_BYTES, MissingSecretError, audit_key_material,
+    check_production_keys, pseudonymisation_key_material)
+from ple_platform.core.settings import Settings
+
+GOOD = "k" * MIN_KEY_BYTES
+PROD_OK = {"PLE_ENV": "prod", "PLE_PSEUDONYMISATION_KEY": GOOD, "PLE_AUDIT_KEY": GOOD + "-audit"}
+
+
+@pytest.mark.parametrize("var, value, why", [
+    ("PLE_PSEUDONYMISATION_KEY", None, "is not set"),
+    ("PLE_PSEUDONYMISATION_KEY", DEV_PSEUDONYMISATION_KEY.decode(), "published development pseudonymisation key"),
+    ("PLE_PSEUDONYMISATION_KEY", DEV_AUDIT_KEY.decode(), "published development audit key"),
+    ("PLE_PSEUDONYMISATION_KEY", "k" * (MIN_KEY_BYTES - 1), f"is {MIN_KEY_BYTES - 1} bytes"),
+    ("PLE_AUDIT_KEY", None, "is not set"),
+    ("PLE_AUDIT_KEY", DEV_AUDIT_KEY.decode(), "published development audit key"),
+    ("PLE_AUDIT_KEY", DEV_PSEUDONYMISATION_KEY.decode(), "published development pseudonymisation key"),
+    ("PLE_AUDIT_KEY", "short", "is 5 bytes"),
+])
+def test_production_refuses_dev_and_short_keys(var, value, why):
+    env = dict(PROD_OK)
+    if value is None:
+        del env[var]
+    else:
+        env[var] = value
+    for check in (check_production_keys, Settings.from_env):
+        with pytest.raises(MissingSecretError) as err:
+            check(env)
+        msg = str(err.value)
+        assert msg.startswith(var) and why in msg and "\n" not in msg
+        assert not value or value not in msg  # the key itself is never echoed
+
+
+def test_definitions_refuse_to_load_in_production_with_a_dev_key(tmp_path):
+    """The code location (what `dagster dev` / the k8s deployment loads) does not start with a published key."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PLE_ENV": "prod", "PLE_DATA_DIR": str(tmp_path), "PLE_AUDIT_KEY": GOOD,
+           "PLE_PSEUDONYMISATION_KEY": DEV_PSEUDONYMISATION_KEY.decode()}
+    code = "from ple_platform.definitions import load_definitions; load_definitions()"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "MissingSecretError: PLE_PSEUDONYMISATION_KEY is the published development pseudonymisation key" in proc.stderr
+
+
+def test_key_sources_are_recorded():
+    s = Settings.from_env(PROD_OK)
+    assert (s.pseudonymisation_key_source, s.audit_key_source) == ("env:PLE_PSEUDONYMISATION_KEY", "env:PLE_AUDIT_KEY")
+    dev = Settings.from_env({})
+    assert (dev.pseudonymisation_key_source, dev.audit_key_source) == ("dev_default", "dev_default")
+    assert pseudonymisation_key_material({}).value == DEV_PSEUDONYMISATION_KEY
+    assert audit_key_material({"PLE_AUDIT_KEY": "x"}).source == "env:PLE_AUDIT_KEY"  # dev accepts any key
+    assert GOOD not in repr(pseudonymisation_key_material(PROD_OK))
+
+
+def test_compliance_report_states_both_key_sources():
+    from ple_platform.core.governance.compliance.report import build_report
+    from ple_platform_tests.test_compliance_report import _controls, full_evidence
+
+    ev = full_evidence()
+    ev.audit = dict(ev.audit, key_source="env:PLE_AUDIT_KEY")
+    ev.data["pseudonymisation"]["key_source"] = "env:PLE_PSEUDONYMISATION_KEY"
+    controls = _controls(build_report(ev))
+    assert controls["FSS-REC-01"]["facts"]["key_source"] == "env:PLE_AUDIT_KEY"
+    assert controls["FSS-DATA-01"]["facts"]["pseudonymisation"]["key_source"] == "env:PLE_PSEUDONYMISATION_KEY"
+    assert controls["FSS-DATA-01"]["status"] != "fail"
+
+
+# --- CLI user errors: one line naming what and why, exit code 2 -------------------------------------------
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("PLE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PLE_GOVERNANCE_DB", str(tmp_path / "governance.duckdb"))
+    for var in ("PLE_ENV", "PLE_START_MONTH", "PLE_END_MONTH", "PLE_PSEUDONYMISATION_KEY", "PLE_AUDIT_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def _user_error(capsys, argv, *expected):
+    from ple_platform.cli import main
+
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert lines[0].startswith(f"ple-platform {argv[0]}: ")
+    for text in expected:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["materialize", "--group", "raw", "--months", "2016-05..2016-01"], ("2016-05..2016-01", "reversed")),
+    (["generate", "--months", "2016-05..2016-01"], ("2016-05..2016-01", "reversed")),
+    (["materialize", "--group", "raw", "--months", "2030-01"], ("2030-01", "outside the configured partitions")),
+    (["materialize", "--group", "raw", "--months", "2014-06..2015-02"], ("2014-06", "outside")),
+    (["materialize", "--group", "raw", "--months", "2016-13"], ("'2016-13'", "01..12")),
+    (["generate", "--months", "may..june"], ("'may'", "YYYY-MM")),
+    (["materialize", "--group", "raw", "nosuch", "--months", "2015-01"], ("nosuch", "unknown asset group", "raw")),
+    (["approve", "v2016.05-deadbeef00", "--approver", "risk.officer@bank"], ("v2016.05-deadbeef00", "is unknown")),
+])
+def test_cli_user_errors_are_one_line_exit_2(cli_env, capsys, argv, expected):
+    if argv[0] == "generate":
+        argv = [*argv, "--out", str(cli_env / "landing")]
+    _user_error(capsys, argv, *expected)
+    assert not (cli_env / "landing").exists()  # nothing was written
+
+
+@pytest.mark.parametrize("argv", [["registry"], ["audit", "verify"], ["materialize", "--group", "raw"],
+                                  ["generate", "--customers", "10"]])
+def test_cli_production_without_keys_is_one_line(cli_env, capsys, monkeypatch, argv):
+    monkeypatch.setenv("PLE_ENV", "prod")
+    _user_error(capsys, argv, "PLE_PSEUDONYMISATION_KEY is not set")
+    monkeypatch.setenv("PLE_PSEUDONYMISATION_KEY", GOOD)
+    monkeypatch.setenv("PLE_AUDIT_KEY", DEV_AUDIT_KEY.decode())
+    _user_error(capsys, argv, "PLE_AUDIT_KEY is the published development audit key")
+
+
+def test_documented_setting_defaults_match_the_code():
+    import re
+    from pathlib import Path
+
+    s = Settings.from_env({})
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    for name in ("architecture.md", "operations.md"):
+        text = (docs / name).read_text()
+        fit = re.search(r"^\| `PLE_FIT_END_MONTH` \| `([0-9-]+)`", text, re.M)
+        assert fit and fit.group(1) == f"{s.fit_end_month:%Y-%m}", (name, fit and fit.group(1))
+        mem = re.search(r"^\| `PLE_DUCKDB_MEMORY_LIMIT` \| `([^`]+)`", text, re.M)
+        assert mem and mem.group(1) == s.duckdb_memory_limit, name
+
+
+# --- no raw customer id in run storage -----------------------------------------------------------------------
+
+
+def _grep_tree(root, needle: str) -> list[str]:
+    from pathlib import Path
+
+    return [str(p) for p in Path(root).rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
+def _copy_landing(landing_dir, dst, month="2015-01-01"):
+    import shutil
+
+    for table in ("customers", "holdings", "transactions"):
+        (dst / table).mkdir(parents=True)
+        shutil.copy(landing_dir / table / f"month={month}.parquet", dst / table)
+    return dst
+
+
+def _rewrite(path, edit):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(path).to_pylist()
+    schema = pa.schema([f.with_nullable(True) for f in pq.read_schema(path)])
+    pq.write_table(pa.Table.from_pylist(edit(rows), schema=schema), path)
+    return rows
+
+
+@pytest.mark.parametrize("case", ["synthetic_duplicate", "synthetic_null_merchant", "santander_duplicate"])
+def test_validation_failure_leaves_no_raw_id_in_run_storage(case, platform_env, landing_dir, tmp_path, monkeypatch):
+    import csv
+    from pathlib import Path
+
+    import dagster as dg
+
+    from ple_platform.core.governance.audit.pseudonymise import DEV_KEY, pseudonymise
+    from ple_platform.defs.raw.assets import raw_assets
+    from ple_platform.defs.resources import LandingZoneResource, build_resources
+
+    monkeypatch.delenv("PLE_PSEUDONYMISATION_KEY", raising=False)
+    if case.startswith("synthetic"):
+        bad = _copy_landing(landing_dir, tmp_path / "bad")
+        if case == "synthetic_duplicate":
+            rows = _rewrite(bad / "customers" / "month=2015-01-01.parquet", lambda r: r + [dict(r[5])])
+            raw_id = rows[5]["customer_id"]
+        else:
+            def null_merchant(r):
+                r[3]["merchant_id"] = None
+                return r
+            raw_id = _rewrite(bad / "transactions" / "month=2015-01-01.parquet", null_merchant)[3]["customer_id"]
+        landing = LandingZoneResource(kind="synthetic", path=str(bad))
+    else:
+        sample = Path(__file__).parent / "data" / "santander_train_ver2_sample.csv"
+        with sample.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        rows.append(list(rows[2]))
+        raw_id = rows[2][1]
+        path = tmp_path / "train_ver2.csv"
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows(rows)
+        landing = LandingZoneResource(kind="santander", path=str(path))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    instance = dg.DagsterInstance.local_temp(tempdir=str(home))
+    try:
+        result = dg.materialize(raw_assets, partition_key="2015-01-01", instance=instance, raise_on_error=False,
+                                resources={**build_resources(platform_env), "landing": landing})
+        assert not result.success
+        message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    finally:
+        instance.dispose()
+    assert pseudonymise(raw_id, DEV_KEY) in message and "customer pseudonym(s)" in message, message
+    assert raw_id not in message
+    assert _grep_tree(home, pseudonymise(raw_id, DEV_KEY))  # the failure did reach run storage ...
+    assert _grep_tree(home, raw_id) == []  # ... without the source id
+
+
+# --- deterministic fit artifacts -------------------------------------------------------------------------------
+
+
+def test_fit_artifacts_are_byte_identical_across_runs(tmp_path):
+    """Two clean fits of the same inputs store the same bytes: the fit's timing never enters the artifact."""
+    import duckdb
+
+    from ple_platform.core.features.fits import FitStore, decode_fit
+    from ple_platform.core.features.hyperbolic import fit_poincare_tree
+    from ple_platform.core.storage import artifact_store_from_uri
+    from ple_platform.core.data.taxonomy import product_tree
+
+    tree, _ = product_tree()
+    digests, metas = [], []
+    for run in ("a", "b"):
+        store = artifact_store_from_uri(str(tmp_path / run))
+        with duckdb.connect() as con:
+            def fit():
+                emb, metrics = fit_poincare_tree(tree, 4, epochs=3, seed=7)
+                assert metrics["seconds"] > 0  # the fit does measure its time ...
+                return {"node_emb": emb}, {"metrics": metrics}
+            (arrays, meta), record = FitStore(store, con).get_or_fit("product_hierarchy", "static", [], fit)
+        digests.append(record.sha256)
+        metas.append(decode_fit(store.get("feature_fits/product_hierarchy/static.safetensors"))[1])
+    assert digests[0] == digests[1]
+    assert "seconds" not in metas[0]["metrics"] and metas[0] == metas[1]  # ... but does not store it
+    assert metas[0]["metrics"]["epochs"] == 3
+
+
+# --- audit: emptied, missing, rolled back, wrong path, forged anchor, broken middle -------------------------------
+
+
+AUDIT_KEY = b"faults-audit-key-0123456789abcdef"
+
+
+def _audit(path, n=5):
+    from ple_platform.core.governance.audit.log import AuditEvent, AuditLog
+    from ple_platform.core.governance.audit.store import GovernanceStore
+
+    log = AuditLog(GovernanceStore(path), AUDIT_KEY)
+    for i in range(n):
+        log.append(AuditEvent.TRAINING, f"teacher/{i}", {"i": i})
+    return log
+
+
+def _sql(path, sql):
+    import duckdb
+
+    with duckdb.connect(str(path)) as con:
+        con.execute(sql)
+
+
+def _fresh(path):
+    from ple_platform.core.governance.audit.log import AuditLog
+    from ple_platform.core.governance.audit.store import GovernanceStore
+
+    return AuditLog(GovernanceStore(path), AUDIT_KEY)
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    ("empty_rows_and_head", "emptied: the anchor records 5 entries, the store holds 0"),
+    ("delete_file", "is missing, but its anchor records 5 entries"),
+    ("rollback_to_copy", "rolled back to an older copy: the anchor records 5 entries, the store holds 3"),
+    ("forge_anchor", "MAC mismatch (anchor forged"),
+    ("replace_store", "entry 5: hash differs from the anchored one"),
+])
+def test_audit_erasure_and_replacement_fail_verification(tmp_path, tamper, reason):
+    import json
+    import shutil
+
+    from ple_platform.core.governance.audit.log import AuditIntegrityError
+
+    db = tmp_path / "governance.duckdb"
+    if tamper == "rollback_to_copy":
+        _audit(db, 3)
+        shutil.copy(db, tmp_path / "old.duckdb")
+        _audit(db, 2)
+        shutil.copy(tmp_path / "old.duckdb", db)
+    elif tamper == "replace_store":
+        _audit(db, 5)
+        _audit(tmp_path / "other.duckdb", 5)  # same key, same shape, different entries (other timestamps)
+        shutil.copy(tmp_path / "other.duckdb", db)
+    else:
+        log = _audit(db, 5)
+        if tamper == "empty_rows_and_head":
+            _sql(db, "DELETE FROM audit_log; DELETE FROM audit_head")
+        elif tamper == "delete_file":
+            db.unlink()
+        else:
+            anchor = json.loads(log.anchor_path.read_text())
+            log.anchor_path.write_text(json.dumps({**anchor, "seq": 2}))
+    result = _fresh(db).verify()
+    assert not result.ok and reason in result.reason, result.reason
+    if db.exists():
+        with pytest.raises(AuditIntegrityError):
+            _fresh(db).append("report", "x", {})
+
+
+def test_audit_verify_of_a_wrong_path_fails_and_creates_nothing(tmp_path, monkeypatch, capsys):
+    from ple_platform.cli import main
+
+    wrong = tmp_path / "typo" / "governance.duckdb"
+    result = _fresh(wrong).verify()
+    assert not result.ok and "no audit log at" in result.reason and "PLE_GOVERNANCE_DB" in result.reason
+    monkeypatch.setenv("PLE_GOVERNANCE_DB", str(wrong))
+    assert main(["audit", "verify"]) == 1
+    assert "no audit log at" in capsys.readouterr().out
+    assert not wrong.exists() and not wrong.parent.exists()
+
+
+def test_append_refuses_a_chain_broken_in_the_middle(tmp_path):
+    from ple_platform.core.governance.audit.log import AuditIntegrityError
+
+    db = tmp_path / "governance.duckdb"
+    _audit(db, 6)
+    _sql(db, "UPDATE audit_log SET payload = '{\"i\":99}' WHERE seq = 3")
+    with pytest.raises(AuditIntegrityError, match="entry 3: hash mismatch"):
+        _fresh(db).append("report", "x", {})
+    # An edit after the anchor is caught incrementally by a writer that already verified the chain.
+    db2 = tmp_path / "g2.duckdb"
+    log = _audit(db2, 3)
+    _sql(db2, "UPDATE audit_log SET payload = '{\"i\":7}' WHERE seq = 3")
+    with pytest.raises(AuditIntegrityError, match="entry 3 does not verify"):
+        log.append("report", "x", {})
+
+
+def test_an_intact_anchored_log_still_verifies_and_extends(tmp_path):
+    db = tmp_path / "governance.duckdb"
+    log = _audit(db, 4)
+    log.append_many([("report", "r", {"k": 1}, "system")] * 3)
+    result = _fresh(db).verify()
+    assert result.ok and result.n_entries == 7, result.reason
