@@ -7,7 +7,12 @@ import duckdb
 import pytest
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
 
-from ple_platform.defs.resources import ArtifactStoreResource, is_transient_io_error, retry_transient_io
+from ple_platform.defs.resources import (
+    ArtifactStoreResource,
+    LandingZoneResource,
+    is_transient_io_error,
+    retry_transient_io,
+)
 
 
 class FlakyStore:
@@ -116,3 +121,38 @@ def test_transient_errors_are_recognised(err):
 ], ids=repr)
 def test_deterministic_errors_are_not_transient(err):
     assert not is_transient_io_error(err)
+
+
+
+class FlakyLanding(LandingZoneResource):
+    """The real landing zone behind a mount that times out on its first two reads (e.g. NFS under load)."""
+
+    def source(self):
+        FLAKY_READS["n"] += 1
+        if FLAKY_READS["n"] <= 2:
+            raise TimeoutError(f"read of {self.path} timed out")
+        return super().source()
+
+
+FLAKY_READS = {"n": 0}
+
+
+def test_raw_ingest_retries_a_landing_zone_timeout_and_succeeds(platform_env, resources, monkeypatch):
+    """A real asset: raw_customers meets two landing-zone timeouts, backs off and ingests the month."""
+    from ple_platform.defs import resources as resources_module
+    from ple_platform.defs.raw.assets import raw_assets
+    from ple_platform_tests.conftest import materialize
+
+    # The retry waits are read when the step runs; shrink them so the test does not sleep 2 + 4 s.
+    monkeypatch.setattr(resources_module, "RETRY_BASE_SECONDS", 0.05)
+    monkeypatch.setitem(FLAKY_READS, "n", 0)
+    landing = resources["landing"]
+    flaky = {**resources, "landing": FlakyLanding(kind=landing.kind, path=landing.path,
+                                                  transactions_path=landing.transactions_path)}
+    result = materialize([a for a in raw_assets if a.key.path[-1] == "raw_customers"], "2015-01-01", flaky)
+
+    assert result.success
+    assert FLAKY_READS["n"] == 3
+    assert len(_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 2
+    (mat,) = result.asset_materializations_for_node("raw_customers")
+    assert mat.metadata["dagster/row_count"].value > 0

@@ -32,6 +32,7 @@ _THROTTLING_CODES = frozenset({"Throttling", "ThrottlingException", "SlowDown", 
                                "RequestLimitExceeded", "TooManyRequestsException", "ServiceUnavailable",
                                "InternalError"})
 
+# Waits of 2, 4 and 8 s: enough for an S3 throttle or a brief network drop, short next to a step's runtime.
 RETRY_MAX_RETRIES = 3
 RETRY_BASE_SECONDS = 2.0
 
@@ -62,10 +63,11 @@ def _is_transient_botocore_error(err: BaseException) -> bool:
     return False
 
 
-def retry_transient_io(fn=None, *, max_retries: int = RETRY_MAX_RETRIES, base_seconds: float = RETRY_BASE_SECONDS):
+def retry_transient_io(fn=None, *, max_retries: int | None = None, base_seconds: float | None = None):
     """Decorator for an asset or op body (placed under ``@dg.asset``): a transient I/O error (see
     :func:`is_transient_io_error`) becomes ``dg.RetryRequested`` with ``base_seconds * 2**retry_number`` of
-    backoff, up to ``max_retries`` retries; any other exception propagates unchanged, so a data error fails
+    backoff, up to ``max_retries`` retries (defaults: ``RETRY_BASE_SECONDS`` and ``RETRY_MAX_RETRIES``, read
+    when the step runs); any other exception propagates unchanged, so a data error fails
     once instead of repeating its failure. Dagster's ``RetryPolicy`` cannot make that distinction: it retries
     every exception.
 
@@ -81,10 +83,12 @@ def retry_transient_io(fn=None, *, max_retries: int = RETRY_MAX_RETRIES, base_se
         except Exception as err:
             if not is_transient_io_error(err):
                 raise
-            wait = base_seconds * 2 ** context.retry_number
-            context.log.warning(f"transient I/O error on attempt {context.retry_number + 1} of "
-                                f"{max_retries + 1}, retrying in {wait:g} s: {type(err).__name__}: {err}")
-            raise dg.RetryRequested(max_retries=max_retries, seconds_to_wait=wait) from err
+            retries = RETRY_MAX_RETRIES if max_retries is None else max_retries
+            wait = (RETRY_BASE_SECONDS if base_seconds is None else base_seconds) * 2 ** context.retry_number
+            if context.retry_number < retries:
+                context.log.warning(f"transient I/O error on attempt {context.retry_number + 1} of {retries + 1}, "
+                                    f"retrying in {wait:g} s: {type(err).__name__}: {err}")
+            raise dg.RetryRequested(max_retries=retries, seconds_to_wait=wait) from err
 
     return wrapper
 
