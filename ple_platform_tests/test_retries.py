@@ -86,6 +86,9 @@ def test_retries_stop_after_max_retries():
     assert not result.success
     assert store.attempts == 4  # first attempt + 3 retries
     assert len(_events(result, dg.DagsterEventType.STEP_UP_FOR_RETRY)) == 3
+    # The failure names the I/O error that exhausted the retries, not just "retry requested".
+    (failure,) = _events(result, dg.DagsterEventType.STEP_FAILURE)
+    assert "ConnectionResetError: connection reset by peer" in failure.event_specific_data.error.to_string()
 
 
 def _client_error(code: str, status: int) -> ClientError:
