@@ -37,7 +37,12 @@ from ple_platform.core.warehouse import partition_content_hash
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
+from ple_platform.defs.resources import (
+    ArtifactStoreResource,
+    GovernanceResource,
+    WarehouseResource,
+    retry_transient_io,
+)
 from ple_platform.defs.training.assets import teacher_checkpoint_key
 
 # Changes with the source that computes these assets (docs/architecture.md, code versions).
@@ -66,6 +71,7 @@ def _jsonable(obj):
     owners=["team:ml-modeling"],
     code_version=CODE_VERSION,
 )
+@retry_transient_io
 def distillation_dataset(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                          artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
     """The teacher's own train/validation/test rows as raw 1,211-column matrices, hard labels and the teacher's
@@ -137,6 +143,7 @@ def build_student_asset(spec: TaskSpec) -> dg.AssetsDefinition:
         description=f"LightGBM student for {spec.name} ({spec.kind}): {spec.description}. Distilled from the "
                     "teacher or trained directly, whichever the validation evidence supports.",
     )
+    @retry_transient_io
     def _student(context: dg.AssetExecutionContext, config: StudentRunConfig, artifacts: ArtifactStoreResource,
                  governance: GovernanceResource) -> dg.MaterializeResult:
         month = date.fromisoformat(context.partition_key)
@@ -214,6 +221,7 @@ def bundle_version(month: date, teacher_sha: str, student_shas: dict[str, str]) 
     owners=["team:ml-platform"],
     code_version=CODE_VERSION,
 )
+@retry_transient_io
 def model_bundle(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource,
                  governance: GovernanceResource) -> dg.MaterializeResult:
     """Registers the 13 students + routing + teacher reference + months + content hashes as one model version

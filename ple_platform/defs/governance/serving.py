@@ -13,7 +13,12 @@ from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
+from ple_platform.defs.resources import (
+    ArtifactStoreResource,
+    GovernanceResource,
+    WarehouseResource,
+    retry_transient_io,
+)
 
 # Changes with the source that computes these assets (docs/architecture.md, code versions).
 CODE_VERSION = source_version("ple_platform.core.serving", __name__)
@@ -28,6 +33,7 @@ CODE_VERSION = source_version("ple_platform.core.serving", __name__)
     owners=["team:ml-platform"],
     code_version=CODE_VERSION,
 )
+@retry_transient_io
 def serving_snapshot(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                      artifacts: ArtifactStoreResource, governance: GovernanceResource) -> dg.MaterializeResult:
     """The serving snapshot of month t for the champion: the students' feature columns (float32, memory-mappable),

@@ -26,7 +26,12 @@ from ple_platform.core.warehouse import (
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.core.versioning import source_version
-from ple_platform.defs.resources import GovernanceResource, LandingZoneResource, WarehouseResource
+from ple_platform.defs.resources import (
+    GovernanceResource,
+    LandingZoneResource,
+    WarehouseResource,
+    retry_transient_io,
+)
 
 # Changes with the source that computes these assets (docs/architecture.md, code versions).
 CODE_VERSION = source_version("ple_platform.core.data", __name__)
@@ -82,6 +87,7 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
         description=_DESCRIPTIONS[table],
         metadata={"dagster/table_name": f"raw.{table}", "dagster/column_schema": _column_schema(table)},
     )
+    @retry_transient_io
     def _raw(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
              governance: GovernanceResource):
         month = date.fromisoformat(context.partition_key)

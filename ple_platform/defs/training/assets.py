@@ -20,7 +20,7 @@ from ple_platform.core.tasks.split import SplitError
 from ple_platform.defs.gpu import GPU_OP_TAGS
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource
+from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource, retry_transient_io
 
 HISTORY = dg.TimeWindowPartitionMapping(start_offset=-16, end_offset=0, allow_nonexistent_upstream_partitions=True)
 
@@ -55,6 +55,7 @@ def _md_metrics(metrics: dict[str, float]) -> str:
     owners=["team:ml-modeling"],
     code_version=code_version(),
 )
+@retry_transient_io
 def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, warehouse: WarehouseResource,
                 artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
     """PLE teacher with 7 heterogeneous experts (DeepFM, temporal ensemble, HGCN, PersLay, LightGCN, causal,
