@@ -15,10 +15,11 @@ FEATURES = dg.AutomationCondition.eager()
 
 # Labels of month t read raw t and t+1, so the month a new raw month completes is the previous one. The window is
 # widened from the newest month to the newest two: raw t requests labels t-1 (now measurable) and labels t (stored
-# as "labels unavailable" until t+1 lands, and re-requested then).
+# as "labels unavailable" until t+1 lands, and re-requested then). The window counts only whole partitions ending by
+# the newest month's end: 62 days covers the two longest consecutive months and never three.
 LABELS = dg.AutomationCondition.eager().replace(
     "in_latest_time_window",
-    dg.AutomationCondition.in_latest_time_window(lookback_delta=timedelta(days=31)),
+    dg.AutomationCondition.in_latest_time_window(lookback_delta=timedelta(days=62)),
 ).with_label("eager (newest two months)")
 
 # Model chain (teacher, evaluation, distillation, students, bundle, challenger evaluation): each month's model is
