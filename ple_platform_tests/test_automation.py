@@ -66,14 +66,30 @@ def test_a_new_raw_month_requests_its_features_the_previous_labels_and_the_model
                                                    evaluation_time=EVALUATED_AT + timedelta(minutes=1))
         requested = _requested(second)
 
+        # The model chain waits until its inputs are written, then builds one step per tick.
+        _materialize(instance, [g.name for g in FEATURE_GROUPS], [NEW])
+        _materialize(instance, ["task_labels"], ["2015-10-01", NEW])
+        third = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=second.cursor,
+                                                  evaluation_time=EVALUATED_AT + timedelta(minutes=2))
+        _materialize(instance, ["ple_teacher"], [NEW])
+        fourth = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=third.cursor,
+                                                   evaluation_time=EVALUATED_AT + timedelta(minutes=3))
+        _materialize(instance, ["teacher_evaluation", "distillation_dataset"], [NEW])
+        fifth = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=fourth.cursor,
+                                                  evaluation_time=EVALUATED_AT + timedelta(minutes=4))
+        chain = [_requested(third), _requested(fourth), _requested(fifth)]
+
     assert {name: requested.get(name) for name in (g.name for g in FEATURE_GROUPS)} == {
         g.name: {NEW} for g in FEATURE_GROUPS}
     # Labels of October become measurable with November's raw data; November's own are re-done when December lands.
     assert requested["task_labels"] == {"2015-10-01", NEW}
-    for name in (*MODEL_CHAIN, *students):
-        assert requested.get(name) == {NEW}, name
-    # Raw ingestion is launched by people or a landing sensor, never by automation; reports wait for a champion.
-    assert not set(requested) & {*RAW, "recommendations", "compliance_report", "champion_model"}
+    # Raw ingestion is launched by people or a landing process, never by automation; reports wait for a champion;
+    # the model chain waits for its inputs to be written.
+    assert not set(requested) & {*RAW, *MODEL_CHAIN, *students, "recommendations", "compliance_report",
+                                 "champion_model"}
+    assert chain == [{"ple_teacher": {NEW}},
+                     {"teacher_evaluation": {NEW}, "distillation_dataset": {NEW}},
+                     {name: {NEW} for name in students}]
 
 
 def test_a_corrected_old_month_does_not_cascade_into_its_own_partitions(defs):

@@ -23,9 +23,15 @@ LABELS = dg.AutomationCondition.eager().replace(
 ).with_label("eager (newest two months)")
 
 # Model chain (teacher, evaluation, distillation, students, bundle, challenger evaluation): each month's model is
-# built once, for the newest month, when all its inputs exist. A later data correction re-materializes features
-# but does not retrain by itself: retraining a month is a deliberate launch (GPU time, and a new challenger).
-MODEL_CHAIN = dg.AutomationCondition.on_missing()
+# built once, for the newest month, when all its inputs are complete. A later data correction re-materializes
+# features but does not retrain by itself: retraining a month is a deliberate launch (GPU time, a new challenger).
+# "Complete" means materialized, not merely requested: the automation sensor puts each partition key in its own
+# run, so a teacher requested in the same tick as the previous month's labels could start before they are written.
+MODEL_CHAIN = (
+    dg.AutomationCondition.on_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
+).with_label("on_missing, after inputs are written")
 
 # Recommendations and reports follow the monthly cycle: a new month is due at most 35 days after the last one,
 # warned after 32 (a month plus a two-day margin). Evaluated by the freshness daemon; shown on the asset page.
