@@ -1,4 +1,5 @@
-"""Every asset's key, group, partitioning, upstream mappings and checks against a committed snapshot.
+"""Every asset's key, group, partitioning, upstream mappings, checks, automation condition and freshness policy
+against a committed snapshot.
 
 A change to the asset graph must be deliberate: regenerate with
 ``pytest ple_platform_tests/test_definitions_snapshot.py --update-definitions-snapshot`` and commit the diff.
@@ -46,6 +47,8 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
             "deps": {p.to_user_string(): _mapping(node.partition_mappings[p]) if p in node.partition_mappings
                      else "default" for p in sorted(node.parent_keys, key=lambda k: k.to_user_string())},
             "checks": checks,
+            "automation": node.automation_condition.get_label() if node.automation_condition else None,
+            "freshness": repr(node.freshness_policy) if node.freshness_policy else None,
         }
     return out
 

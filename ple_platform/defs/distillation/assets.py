@@ -35,6 +35,7 @@ from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.spec import TASKS, TaskSpec
 from ple_platform.core.warehouse import partition_content_hash
 from ple_platform.core.versioning import source_version
+from ple_platform.defs.automation import MODEL_CHAIN
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import (
@@ -70,6 +71,7 @@ def _jsonable(obj):
     kinds={"pytorch", "numpy"},
     owners=["team:ml-modeling"],
     code_version=CODE_VERSION,
+    automation_condition=MODEL_CHAIN,
 )
 @retry_transient_io
 def distillation_dataset(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
@@ -140,6 +142,7 @@ def build_student_asset(spec: TaskSpec) -> dg.AssetsDefinition:
         kinds={"lightgbm"},
         owners=["team:ml-modeling"],
         code_version=CODE_VERSION,
+        automation_condition=MODEL_CHAIN,
         description=f"LightGBM student for {spec.name} ({spec.kind}): {spec.description}. Distilled from the "
                     "teacher or trained directly, whichever the validation evidence supports.",
     )
@@ -220,6 +223,7 @@ def bundle_version(month: date, teacher_sha: str, student_shas: dict[str, str]) 
     kinds={"duckdb"},
     owners=["team:ml-platform"],
     code_version=CODE_VERSION,
+    automation_condition=MODEL_CHAIN,
 )
 @retry_transient_io
 def model_bundle(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource,

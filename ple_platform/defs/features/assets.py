@@ -21,6 +21,7 @@ from ple_platform.core.settings import Settings
 from ple_platform.core.warehouse import partition_content_hash, replace_partition
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.gpu import GPU_OP_TAGS
+from ple_platform.defs.automation import FEATURES
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource
@@ -204,6 +205,7 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
             "experts": ", ".join(spec.experts),
         },
         code_version=CODE_VERSION,
+        automation_condition=FEATURES,
     )
     def _feature(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource):
         month = date.fromisoformat(context.partition_key)

@@ -38,6 +38,7 @@ from ple_platform.core.tasks.spec import TASKS
 from ple_platform.core.warehouse import customer_attributes
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.distillation.assets import FIDELITY_CHECK, _jsonable
+from ple_platform.defs.automation import MODEL_CHAIN
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
@@ -82,6 +83,7 @@ def _comparison_md(ev: dict) -> str:
     kinds={"lightgbm"},
     owners=["team:model-risk"],
     code_version=CODE_VERSION,
+    automation_condition=MODEL_CHAIN,
 )
 def challenger_evaluation(context: dg.AssetExecutionContext, config: ChallengerEvaluationConfig,
                           warehouse: WarehouseResource, artifacts: ArtifactStoreResource,

@@ -22,6 +22,7 @@ from ple_platform.core.recommend.monthly import (
 )
 from ple_platform.core.settings import Settings
 from ple_platform.core.versioning import source_version
+from ple_platform.defs.automation import MONTHLY_OUTPUT_FRESHNESS
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
@@ -46,6 +47,7 @@ def report_key(month: date, name: str) -> str:
     kinds={"lightgbm", "duckdb"},
     owners=["team:ml-platform"],
     code_version=RECOMMENDATIONS_VERSION,
+    freshness_policy=MONTHLY_OUTPUT_FRESHNESS,
     metadata={"dagster/table_name": TABLE},
 )
 def recommendations(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
@@ -112,6 +114,7 @@ def _checklist_md(report: dict) -> str:
     kinds={"html", "json"},
     owners=["team:model-risk"],
     code_version=COMPLIANCE_REPORT_VERSION,
+    freshness_policy=MONTHLY_OUTPUT_FRESHNESS,
 )
 def compliance_report(context: dg.AssetExecutionContext, config: ComplianceReportConfig,
                       warehouse: WarehouseResource, artifacts: ArtifactStoreResource,

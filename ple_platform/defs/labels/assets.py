@@ -24,6 +24,7 @@ from ple_platform.core.tasks.labels import (
 from ple_platform.core.tasks.spec import TASKS
 from ple_platform.core.warehouse import partition_content_hash
 from ple_platform.core.versioning import source_version
+from ple_platform.defs.automation import LABELS
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource
@@ -64,6 +65,7 @@ def _summary_md(summary: dict[str, dict]) -> str:
     kinds={"duckdb"},
     owners=["team:ml-modeling"],
     code_version=CODE_VERSION,
+    automation_condition=LABELS,
     metadata={"dagster/table_name": LABEL_TABLE, "tasks": len(TASKS)},
 )
 def task_labels(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource):

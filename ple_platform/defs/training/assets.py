@@ -18,6 +18,7 @@ from ple_platform.core.settings import Settings
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.split import SplitError
 from ple_platform.defs.gpu import GPU_OP_TAGS
+from ple_platform.defs.automation import MODEL_CHAIN
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource, retry_transient_io
@@ -54,6 +55,7 @@ def _md_metrics(metrics: dict[str, float]) -> str:
     kinds={"pytorch"},
     owners=["team:ml-modeling"],
     code_version=code_version(),
+    automation_condition=MODEL_CHAIN,
 )
 @retry_transient_io
 def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, warehouse: WarehouseResource,
@@ -136,6 +138,7 @@ def _round(obj):
     kinds={"pytorch", "lightgbm"},
     owners=["team:ml-modeling"],
     code_version=code_version(),
+    automation_condition=MODEL_CHAIN,
 )
 def teacher_evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig, warehouse: WarehouseResource,
                        artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
