@@ -300,14 +300,11 @@ def months_customer_ids(con: duckdb.DuckDBPyConnection, months: Sequence[date], 
     ids = t.column("customer_id").to_numpy(zero_copy_only=False).astype(object)
     demo = dict(con.execute("SELECT month, count(*) FROM features.demographics WHERE month IN (SELECT unnest($ms)) "
                             "GROUP BY month", {"ms": months}).fetchall())
-    out = []
-    for m in months:
-        sel = ids[got == np.datetime64(m, "D")]
-        n_all = len(sel) if max_per_month is None else None
-        if n_all is not None and n_all < demo.get(m, 0):
+    out = [ids[got == np.datetime64(m, "D")] for m in months]
+    for m, sel in zip(months, out):
+        if max_per_month is None and len(sel) < demo.get(m, 0):
             log.warning("month %s: %d of %d customers are missing from at least one feature group and are dropped",
-                        m, demo[m] - n_all, demo[m])
-        out.append(sel)
+                        m, demo[m] - len(sel), demo[m])
     return out
 
 
@@ -342,7 +339,6 @@ def subsample_customers(ids: np.ndarray, max_per_month: int | None, seed: int = 
 # scans and binds the whole table every time; the 800-column lag table took ~3 s per month). Months are batched so
 # one result stays near this many cells (float32: 256 MiB) — at most one month at 1M customers.
 MAX_QUERY_CELLS = 1 << 26
-_MONTH_IDS = "ids"  # columns of the registered row table: month, customer_id, i (row in the stacked MonthData)
 
 
 def _month_chunks(sizes: Sequence[int], width: int) -> list[slice]:
