@@ -349,3 +349,57 @@ def test_an_intact_anchored_log_still_verifies_and_extends(tmp_path):
     log.append_many([("report", "r", {"k": 1}, "system")] * 3)
     result = _fresh(db).verify()
     assert result.ok and result.n_entries == 7, result.reason
+
+
+def _hold_write_lock(path, seconds):
+    """A separate process holding DuckDB's write lock on ``path`` (DuckDB locks per process)."""
+    import subprocess
+    import sys
+
+    code = ("import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); "
+            "con.execute('CREATE TABLE IF NOT EXISTS t AS SELECT 1 AS x'); print('locked', flush=True); "
+            "time.sleep(float(sys.argv[2]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_lineage_waits_for_a_writer_and_then_reads(tmp_path):
+    from ple_platform.cli import read_only_warehouse
+
+    db = tmp_path / "warehouse.duckdb"
+    writer = _hold_write_lock(db, 1.5)
+    said = []
+    with read_only_warehouse(db, wait_s=30, poll_s=0.2, echo=said.append) as con:
+        assert con.execute("SELECT x FROM t").fetchone() == (1,)
+    writer.wait()
+    assert len(said) == 1 and "a materialization is writing it" in said[0]
+
+
+def test_lineage_against_a_locked_warehouse_is_one_line_exit_2(cli_env, capsys, monkeypatch):
+    import ple_platform.cli as cli
+
+    db = cli_env / "warehouse.duckdb"
+    monkeypatch.setenv("PLE_WAREHOUSE", str(db))
+    monkeypatch.setattr(cli, "LINEAGE_WAIT_S", 0.5)
+    writer = _hold_write_lock(db, 20)
+    try:
+        assert cli.main(["lineage", "v2016.05-deadbeef00"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "Traceback" not in "\n".join(err)
+        assert err[-1].startswith("ple-platform lineage: ") and "is locked by a running materialization" in err[-1]
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_defect_is_not_reported_as_a_user_error(cli_env, monkeypatch):
+    """Only errors a user can fix are one-line exit 2; an unexpected ValueError from inside keeps its traceback."""
+    import ple_platform.cli as cli
+
+    def broken(args):
+        raise ValueError("bug deep inside")
+
+    monkeypatch.setattr(cli, "cmd_registry", broken)
+    with pytest.raises(ValueError, match="bug deep inside"):
+        cli.main(["registry"])
