@@ -6,6 +6,7 @@
     ple-platform registry                   # model versions, champion history, decisions with reasons
     ple-platform approve v2016.05-1a2b3c4d5e --approver risk.officer@bank --note "reviewed fairness"
     ple-platform audit verify               # OK, or the first broken entry (exit 1)
+    ple-platform recover                    # after a killed run: fail it and free its warehouse pool slot
     ple-platform lineage <recommendation-id | model-version>
 """
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ple_platform.core.data.schema import month_range, parse_month
 from ple_platform.core.settings import Settings, SettingsError
+from ple_platform.run_recovery import launch_tags, recover_dead_runs, slot_holders
 
 
 class UsageError(ValueError):
@@ -139,13 +141,25 @@ def _materialize(selection, month: date | None, run_config: dict | None = None, 
     from ple_platform.progress_view import terminal_progress
 
     defs = load_definitions()
-
+    instance = dg.DagsterInstance.get()
+    _before_launch(instance)
     config = {**(run_config or {}), **QUIET_LOGGERS}
     with terminal_progress():
         return dg.materialize(list(defs.assets or []), selection=selection,
                               partition_key=month.isoformat() if month else None,
-                              instance=dg.DagsterInstance.get(), resources=defs.resources, run_config=config,
-                              raise_on_error=False, tags={"ple/launched_by": "cli", **(tags or {})})
+                              instance=instance, resources=defs.resources, run_config=config,
+                              raise_on_error=False, tags={"ple/launched_by": "cli", **launch_tags(), **(tags or {})})
+
+
+def _before_launch(instance, echo=print) -> None:
+    """Release what dead runs hold, and say what a run will wait for if the warehouse pool is taken."""
+    from ple_platform.defs.raw.assets import WAREHOUSE_POOL
+
+    recover_dead_runs(instance, echo=lambda line: echo(f"    {line}"))
+    holders = slot_holders(instance, WAREHOUSE_POOL)
+    if holders:
+        echo(f"    waiting for pool {WAREHOUSE_POOL} (one warehouse writer at a time), held by {'; '.join(holders)}; "
+             "Ctrl-C stops waiting; `ple-platform recover` frees slots of dead runs")
 
 
 def materialize_groups(groups: list[str], months: list[date], echo=print) -> bool:
@@ -294,6 +308,15 @@ def _governance():
     return Registry(store), AuditLog(store, audit_key())
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    done = recover_dead_runs(dg.DagsterInstance.get())
+    if not done:
+        print("nothing to recover: no dead run holds a pool slot")
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from ple_platform.core.governance.audit.log import verify_text
 
@@ -416,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--group", nargs="+", required=True)
     m.add_argument("--months", help="YYYY-MM..YYYY-MM (default: all)")
     m.set_defaults(func=cmd_materialize)
+
+    rc = sub.add_parser("recover", help="fail runs whose process was killed and free the pool slots they hold")
+    rc.set_defaults(func=cmd_recover)
 
     r = sub.add_parser("registry", help="model versions, decisions with reasons, champion history")
     r.set_defaults(func=cmd_registry)

@@ -403,3 +403,88 @@ def test_a_defect_is_not_reported_as_a_user_error(cli_env, monkeypatch):
     monkeypatch.setattr(cli, "cmd_registry", broken)
     with pytest.raises(ValueError, match="bug deep inside"):
         cli.main(["registry"])
+
+
+_HOLD_POOL = """
+import time, dagster as dg
+from ple_platform.run_recovery import launch_tags
+
+@dg.asset(pool="duckdb_warehouse")
+def holds_the_warehouse():
+    print("holding", flush=True)
+    time.sleep(600)
+
+dg.materialize([holds_the_warehouse], instance=dg.DagsterInstance.get(), tags=launch_tags())
+"""
+
+
+def test_a_killed_run_is_recovered_and_the_next_run_gets_the_pool(tmp_path, monkeypatch):
+    """SIGKILL a run holding the warehouse pool: its slot stays claimed (the defect); recovery fails the dead run
+    with a message naming the pid, frees the slot, and the next run of a pool asset completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import dagster as dg
+
+    from ple_platform.run_recovery import recover_dead_runs
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_POOL], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "DAGSTER_HOME": str(home)})
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with dg.DagsterInstance.get() as instance:
+        held = instance.event_log_storage.get_concurrency_info("duckdb_warehouse").claimed_slots
+        assert len(held) == 1, "precondition: the killed run still holds its slot"
+        dead = held[0].run_id
+        lines: list[str] = []
+        done = recover_dead_runs(instance, echo=lines.append)
+        assert [r.run_id for r in done] == [dead] and done[0].freed_pools == ("duckdb_warehouse",)
+        assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE
+        assert len(lines) == 1 and f"pid {proc.pid}" in lines[0] and "gone" in lines[0]
+        assert not instance.event_log_storage.get_concurrency_info("duckdb_warehouse").claimed_slots
+        assert recover_dead_runs(instance, echo=lines.append) == []  # idempotent
+
+        @dg.asset(pool="duckdb_warehouse")
+        def writes_the_warehouse():
+            return 1
+
+        t0 = time.monotonic()
+        assert dg.materialize([writes_the_warehouse], instance=instance).success
+        assert time.monotonic() - t0 < 60
+
+
+def test_a_live_run_is_not_recovered(tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import dagster as dg
+
+    from ple_platform.run_recovery import recover_dead_runs, slot_holders
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_POOL], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "DAGSTER_HOME": str(home)})
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        with dg.DagsterInstance.get() as instance:
+            assert recover_dead_runs(instance, echo=lambda line: None) == []
+            holders = slot_holders(instance, "duckdb_warehouse")
+            assert len(holders) == 1 and f"(pid {proc.pid})" in holders[0]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
