@@ -9,6 +9,7 @@ concurrency pool (limit 1 in dagster.yaml), so parallel steps queue instead of f
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import date
 
 import duckdb
@@ -50,16 +51,22 @@ def ensure_raw_table(con: duckdb.DuckDBPyConnection, table: str) -> str:
     return f"raw.{table}"
 
 
-def replace_partition(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date, select_sql: str) -> int:
+def replace_partition(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date, select_sql: str,
+                      before_commit: Callable[[int], None] | None = None) -> int:
     """Atomically replace the rows of ``month`` with the rows of ``select_sql``; returns the new row count.
 
-    Either the whole month is replaced or, on any error, the table is left exactly as it was.
+    Either the whole month is replaced or, on any error, the table is left exactly as it was. ``before_commit(n)``
+    runs inside the transaction, seeing the new rows (other connections still see the old ones): it validates them
+    and records the write (the audit entry) first, and anything it raises rolls the month back — so no month that
+    fails its rules is ever visible, and none is written without its audit entry.
     """
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(f"DELETE FROM {qualified_table} WHERE month = ?", [month])
         con.execute(f"INSERT INTO {qualified_table} {select_sql}")
         (n,) = con.execute(f"SELECT count(*) FROM {qualified_table} WHERE month = ?", [month]).fetchall()[0]
+        if before_commit is not None:
+            before_commit(int(n))
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
