@@ -246,6 +246,50 @@ def test_fit_artifacts_are_byte_identical_across_runs(tmp_path):
     assert metas[0]["metrics"]["epochs"] == 3
 
 
+def test_a_fit_is_recomputed_when_an_input_month_changes_and_reused_when_it_does_not(tmp_path):
+    """Fit lineage: a fit stores the content hashes of the raw partitions it was computed from; a month re-ingested
+    with other rows (a corrected bad month) gets a new fit, an identical re-ingest reuses the stored one."""
+    import duckdb
+    import numpy as np
+
+    from ple_platform.core.features.fits import FitStore
+    from ple_platform.core.storage import artifact_store_from_uri
+    from ple_platform.core.warehouse import (ensure_raw_table, partition_content_hash, record_partition_hash,
+                                             replace_partition)
+
+    from datetime import date
+
+    store = artifact_store_from_uri(str(tmp_path / "artifacts"))
+    months = [date(2015, 1, 1), date(2015, 2, 1)]
+    calls = []
+
+    def fit():
+        calls.append(1)
+        return {"w": np.arange(3, dtype=np.float32)}, {}
+
+    def ingest(con, month, income):
+        qualified = ensure_raw_table(con, "customers")
+        n = replace_partition(con, qualified, month,
+                              f"BY NAME SELECT 'c1' AS customer_id, DATE '{month}' AS month, {income} AS income")
+        record_partition_hash(con, qualified, month, partition_content_hash(con, qualified, month), n)
+
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        for m in months:
+            ingest(con, m, 100.0)
+        fits = FitStore(store, con)
+        assert not fits.get_or_fit("g", "2015-02-01", months, fit)[1].reused
+        assert fits.get_or_fit("g", "2015-02-01", months, fit)[1].reused and len(calls) == 1
+        ingest(con, months[1], 100.0)  # identical rows again: same lineage
+        assert fits.get_or_fit("g", "2015-02-01", months, fit)[1].reused and len(calls) == 1
+        ingest(con, months[1], 250.0)  # the month corrected (or replaced): the fit must not be reused
+        record = fits.get_or_fit("g", "2015-02-01", months, fit)[1]
+        assert not record.reused and len(calls) == 2
+        # A month without a recorded hash is hashed from its rows, so a direct write is caught too.
+        con.execute("DELETE FROM raw.partition_hashes")
+        con.execute("UPDATE raw.customers SET income = 999 WHERE month = ?", [months[0]])
+        assert not fits.get_or_fit("g", "2015-02-01", months, fit)[1].reused and len(calls) == 3
+
+
 # --- audit: emptied, missing, rolled back, wrong path, forged anchor, broken middle -------------------------------
 
 

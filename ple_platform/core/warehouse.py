@@ -16,7 +16,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ple_platform.core.data.schema import TABLE_SCHEMAS
+from ple_platform.core.data.schema import RAW_TABLES, TABLE_SCHEMAS
 
 _ARROW_TO_DUCKDB = {
     pa.string(): "VARCHAR",
@@ -82,6 +82,41 @@ def partition_content_hash(con: duckdb.DuckDBPyConnection, qualified_table: str,
         [month],
     ).fetchall()[0]
     return hashlib.sha256(f"{qualified_table}|{month}|{n}|{acc}".encode()).hexdigest()
+
+
+PARTITION_HASHES = "raw.partition_hashes"
+
+
+def record_partition_hash(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date, content_hash: str,
+                          rows: int) -> None:
+    """Remember a stored month's content hash (call inside the write's transaction, so the two cannot disagree)."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {PARTITION_HASHES} (tbl VARCHAR, month DATE, content_hash VARCHAR, "
+                "rows BIGINT, PRIMARY KEY (tbl, month))")
+    con.execute(f"INSERT OR REPLACE INTO {PARTITION_HASHES} VALUES (?, ?, ?, ?)",
+                [qualified_table, month, content_hash, rows])
+
+
+def raw_input_lineage(con: duckdb.DuckDBPyConnection, months: list[date]) -> str:
+    """SHA-256 over the content hashes of every raw table's partitions of ``months``: what a fit on those months
+    was computed from. Recorded hashes are used where the raw assets wrote them; others are computed (a table or
+    month that is absent counts as absent), so a re-ingested month with different rows changes the lineage."""
+    have = {r[0] for r in con.execute("SELECT table_schema || '.' || table_name FROM information_schema.tables "
+                                      "WHERE table_schema = 'raw'").fetchall()}
+    recorded = {}
+    if PARTITION_HASHES in have and months:
+        recorded = {(t, m): h for t, m, h in con.execute(
+            f"SELECT tbl, month, content_hash FROM {PARTITION_HASHES} WHERE month IN ({', '.join('?' * len(months))})",
+            list(months)).fetchall()}
+    parts = []
+    for table in RAW_TABLES:
+        qualified = f"raw.{table}"
+        for m in months:
+            if qualified not in have:
+                h = "absent"
+            else:
+                h = recorded.get((qualified, m)) or partition_content_hash(con, qualified, m)
+            parts.append(f"{qualified}|{m.isoformat()}|{h}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def null_rates(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date) -> dict[str, float]:

@@ -21,6 +21,7 @@ from ple_platform.core.warehouse import (
     null_rates,
     partition_content_hash,
     raw_table_columns,
+    record_partition_hash,
     replace_partition,
 )
 from ple_platform.defs.partitions import MONTHLY
@@ -131,6 +132,7 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
                                     "previous rows): " + "; ".join(f"rule '{r.name}' failed on {r.offending_rows} "
                                                                   f"row(s): {r.description}" for r in failed),
                         metadata={"failed_rules": [r.name for r in failed]})
+                record_partition_hash(con, qualified, month, seen["hash"], n)  # fits' lineage reads it
                 governance.audit_log().append(AuditEvent.INGEST, f"raw.{table}/{month.isoformat()}", {
                     "table": f"raw.{table}", "month": month.isoformat(), "content_hash": seen["hash"], "rows": n,
                     "source": str(validated.source), "run_id": context.run.run_id})
