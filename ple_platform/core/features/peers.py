@@ -1,0 +1,117 @@
+"""Merchant peers: the customer–merchant–customer graph of month t and peers' product signals (groups 9 and 11).
+
+Two customers are *merchant peers* when both paid at the same merchant in the ``PEER_WINDOW_DAYS`` days ending at
+the snapshot (transactions of months <= t only). The peer weight ``A[i, j]`` is the number of merchants they share
+(self excluded, ``A[i, i] = 0``). A merchant visited by more than ``PEER_MAX_MERCHANT_DEGREE`` distinct customers of
+the snapshot is a hub (a supermarket chain links everyone to everyone and says nothing about a community) and is
+ignored; a merchant with one customer links no one. The cap also bounds the cost: ``nnz(A) <= sum over kept
+merchants of degree^2 <= n_merchants * K^2`` whatever the population size.
+
+Everything is one DuckDB query for the (customer, merchant) pairs and scipy.sparse products; no loop over customers.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import scipy.sparse as sp
+
+from ple_platform.core.data.schema import PRODUCT_GROUPS, PRODUCTS, PRODUCT_NAMES, add_months
+from ple_platform.core.features.panel import Population, month_end, register_population
+
+PEER_WINDOW_DAYS = 90
+PEER_MAX_MERCHANT_DEGREE = 50
+# (24, 6) 0/1: product -> its task product group (the order of PRODUCT_GROUPS).
+GROUP_OF_PRODUCT = np.asarray([[p.group == g for g in PRODUCT_GROUPS] for p in PRODUCTS], dtype=np.float64)
+
+
+def merchant_peer_graph(
+    con: duckdb.DuckDBPyConnection,
+    pop: Population,
+    days: int = PEER_WINDOW_DAYS,
+    max_merchant_degree: int = PEER_MAX_MERCHANT_DEGREE,
+) -> sp.csr_matrix:
+    """(N, N) symmetric CSR: A[i, j] = merchants shared by customers i and j in the ``days`` days ending at t.
+
+    Only customers of ``pop`` (the month-t snapshot) and their transactions of months t - ceil(days/28) .. t with
+    ``ts >= snapshot end - days`` are read. Merchants with more than ``max_merchant_degree`` distinct customers in
+    that window are dropped as hubs. Rows/columns follow ``pop`` order; the diagonal is zero.
+    """
+    if days <= 0 or max_merchant_degree < 2:
+        raise ValueError(f"merchant_peer_graph: days={days} must be > 0 and max_merchant_degree={max_merchant_degree} >= 2")
+    register_population(con, pop)
+    end = month_end(pop.month)
+    rows = con.execute(
+        f"""
+        WITH cm AS (
+            SELECT DISTINCT pop.idx, t.merchant_id
+            FROM raw.transactions t JOIN pop USING (customer_id)
+            WHERE t.month BETWEEN ? AND ? AND t.ts >= ?::TIMESTAMP - INTERVAL {int(days)} DAY
+        ), kept AS (
+            SELECT merchant_id FROM cm GROUP BY merchant_id HAVING count(*) BETWEEN 2 AND ?
+        )
+        SELECT cm.idx, dense_rank() OVER (ORDER BY cm.merchant_id) - 1 AS m
+        FROM cm JOIN kept USING (merchant_id)
+        """,
+        [add_months(pop.month, -(days // 28 + 1)), pop.month, end, int(max_merchant_degree)],
+    ).fetchnumpy()
+    n = len(pop)
+    cust = np.asarray(rows["idx"], dtype=np.int64)
+    merch = np.asarray(rows["m"], dtype=np.int64)
+    n_m = int(merch.max()) + 1 if len(merch) else 0
+    b = sp.csr_matrix((np.ones(len(cust)), (cust, merch)), shape=(n, n_m))
+    a = (b @ b.T).tocsr()
+    a.setdiag(0.0)
+    a.eliminate_zeros()
+    a.sort_indices()
+    return a
+
+
+def _holdings_two_months(con: duckdb.DuckDBPyConnection, pop: Population) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(held at t (N, 24), held at t-1 (N, 24), present at t-1 (N,)); NULL flags count as not held."""
+    register_population(con, pop)
+    prev = add_months(pop.month, -1)
+    cols = ", ".join(f'coalesce(h."{p}", 0)' for p in PRODUCT_NAMES)
+    rows = con.execute(
+        f"SELECT pop.idx, h.month = ? AS is_t, {cols} FROM pop JOIN raw.holdings h USING (customer_id) WHERE h.month IN (?, ?)",
+        [pop.month, pop.month, prev],
+    ).fetchall()
+    n = len(pop)
+    now, before, present = np.zeros((n, len(PRODUCT_NAMES))), np.zeros((n, len(PRODUCT_NAMES))), np.zeros(n, dtype=bool)
+    if rows:
+        arr = np.asarray(rows, dtype=np.float64)
+        idx, is_t = arr[:, 0].astype(np.int64), arr[:, 1] > 0
+        now[idx[is_t]] = arr[is_t, 2:]
+        before[idx[~is_t]] = arr[~is_t, 2:]
+        present[idx[~is_t]] = True
+    return now, before, present
+
+
+def group_holdings_and_acquisitions(con: duckdb.DuckDBPyConnection, pop: Population) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 6) each: holds any product of the group at t; acquired a product of the group in the t-1 -> t transition.
+
+    A customer absent from the t-1 snapshot has no measurable transition: acquisitions 0 (as in ``derived_temporal``).
+    """
+    now, before, present = _holdings_two_months(con, pop)
+    held = (now @ GROUP_OF_PRODUCT > 0).astype(np.float64)
+    new = (now > 0) & (before == 0) & present[:, None]
+    acquired = (new.astype(np.float64) @ GROUP_OF_PRODUCT > 0).astype(np.float64)
+    return held, acquired
+
+
+def peer_average(a: sp.csr_matrix, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Peer-weighted mean of ``values`` (N, k) over each customer's peers, and the total peer weight (N,).
+
+    Row i = sum_j A[i, j] values[j] / sum_j A[i, j]; customers without peers get 0 (and weight 0 tells them apart).
+    """
+    w = np.asarray(a.sum(axis=1), dtype=np.float64).reshape(-1)
+    num = np.asarray(a @ np.asarray(values, dtype=np.float64))
+    return np.divide(num, w[:, None], out=np.zeros_like(num), where=w[:, None] > 0), w
+
+
+def peer_product_signals(a: sp.csr_matrix, held: np.ndarray, acquired: np.ndarray) -> np.ndarray:
+    """(N, 13) in the order of ``spec.PEER_SIGNAL_COLUMNS``: peers' share holding each product group at t (6),
+    their share that acquired one in the t-1 -> t transition (6), log(1 + total peer weight) (1)."""
+    peer_held, w = peer_average(a, held)
+    peer_acq, _ = peer_average(a, acquired)
+    return np.concatenate([peer_held, peer_acq, np.log1p(w)[:, None]], axis=1)
