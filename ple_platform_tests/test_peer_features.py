@@ -7,12 +7,13 @@ from datetime import date, datetime
 import duckdb
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from ple_platform.core.data.schema import PRODUCT_NAMES
 from ple_platform.core.features.build import BuildContext, build_group
 from ple_platform.core.features.fits import FitPolicy, FitStore
 from ple_platform.core.features.panel import holding_tenure, population
-from ple_platform.core.features.peers import merchant_peer_graph
+from ple_platform.core.features.peers import PeerGraph, merchant_peer_graph
 from ple_platform.core.features.spec import PEER_SIGNAL_COLUMNS, PRODUCT_EMBED_DIM, group
 from ple_platform.core.storage import LocalArtifactStore
 
@@ -79,7 +80,7 @@ def _with(holdings, customer, product, months):
 def test_peer_graph_reads_the_90_days_up_to_t_and_ignores_hubs():
     con = _warehouse()
     pop = population(con, T)
-    a = merchant_peer_graph(con, pop).toarray()
+    a = merchant_peer_graph(con, pop).to_csr().toarray()
     idx = {c: i for i, c in enumerate(pop.customer_ids)}
     pairs = {tuple(sorted((pop.customer_ids[i], pop.customer_ids[j]))) for i, j in zip(*np.nonzero(a))}
     assert pairs == {("c0", "c1"), ("c2", "c3"), ("c4", "c5"), ("c6", "c7")}  # no MOLD (too old), no MNEXT (after t)
@@ -87,13 +88,28 @@ def test_peer_graph_reads_the_90_days_up_to_t_and_ignores_hubs():
     # A merchant everyone visits is a hub: kept below the cap (it links everyone), dropped above it.
     hub = TXNS + [(c, "HUB", datetime(2015, 3, 15)) for c in CUSTOMERS]
     con_hub = _warehouse(txns=hub)
-    assert (merchant_peer_graph(con_hub, pop, max_merchant_degree=8).toarray() + np.eye(8) > 0).all()
-    np.testing.assert_array_equal(merchant_peer_graph(con_hub, pop, max_merchant_degree=7).toarray(), a)
+    assert (merchant_peer_graph(con_hub, pop, max_merchant_degree=8).to_csr().toarray() + np.eye(8) > 0).all()
+    np.testing.assert_array_equal(merchant_peer_graph(con_hub, pop, max_merchant_degree=7).to_csr().toarray(), a)
     # Shared merchants add up: a second shared merchant doubles the weight.
     con_two = _warehouse(txns=TXNS + [("c0", "ME", datetime(2015, 3, 1)), ("c1", "ME", datetime(2015, 3, 2))])
-    assert merchant_peer_graph(con_two, pop).toarray()[idx["c0"], idx["c1"]] == 2.0
+    assert merchant_peer_graph(con_two, pop).to_csr().toarray()[idx["c0"], idx["c1"]] == 2.0
     with pytest.raises(ValueError, match="max_merchant_degree"):
         merchant_peer_graph(con, pop, max_merchant_degree=1)
+
+
+def test_implicit_peer_products_equal_the_explicit_matrix():
+    """A @ x is computed as B (B^T x) - d x without forming A; same numbers as the explicit A."""
+    rng = np.random.default_rng(0)
+    b = (sp.random(300, 80, density=0.05, random_state=1) > 0).astype(np.float64)
+    g = PeerGraph(sp.csr_matrix(b))
+    a = g.to_csr()
+    assert np.all(a.diagonal() == 0) and a.nnz > 0
+    x = rng.random((300, 4))
+    np.testing.assert_allclose(g @ x, a @ x, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g @ x[:, 0], a @ x[:, 0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(g.weight(), np.asarray(a.sum(axis=1)).reshape(-1))
+    with pytest.raises(ValueError, match="299 rows"):
+        g @ x[:299]
 
 
 def test_holding_tenure_counts_the_uninterrupted_run_up_to_t():

@@ -280,14 +280,12 @@ def product_hierarchy_features(holdings: np.ndarray, product_emb: np.ndarray) ->
     return np.concatenate([mid, radius[:, None], spread[:, None]], axis=1)
 
 
-def product_hierarchy_history_features(
-    holdings: np.ndarray, tenure: np.ndarray, product_emb: np.ndarray, peers: sp.spmatrix | sp.sparray
-) -> np.ndarray:
+def product_hierarchy_history_features(holdings: np.ndarray, tenure: np.ndarray, product_emb: np.ndarray, peers) -> np.ndarray:
     """Group 9 as built: (N, dim + 4) = tenure-weighted midpoint, radius, spread, drift, peer distance.
 
     ``tenure`` (N, n_products) = months each product held at t has been held (``panel.holding_tenure``; 0 where
-    not held), ``peers`` (N, N) non-negative merchant-peer weights with a zero diagonal
-    (``peers.merchant_peer_graph``). Midpoint, radius and spread are ``product_hierarchy_features`` with the tenure
+    not held), ``peers`` the (N, N) non-negative merchant-peer weights with a zero diagonal: anything with
+    ``peers @ x`` for x (N,) and (N, k) — ``peers.PeerGraph`` from ``merchant_peer_graph``, or a scipy matrix. Midpoint, radius and spread are ``product_hierarchy_features`` with the tenure
     as weights: long-held products anchor the customer's position, a product opened this month pulls it less.
     ``drift`` = d(tenure-weighted midpoint, equal-weight midpoint of the holdings): how far the recent
     acquisitions sit from the established basket (0 when every product was acquired in the same month).
@@ -310,7 +308,7 @@ def product_hierarchy_history_features(
     equal_mid = product_hierarchy_features(bits.astype(np.float64), product_emb)[:, :dim]
     drift = poincare_distance(mid, equal_mid)
     peer_mid = einstein_midpoint(mid, peers)
-    has_peers = np.asarray(peers.sum(axis=1)).reshape(-1) > 0
+    has_peers = np.asarray(peers @ np.ones(len(mid))).reshape(-1) > 0
     peer_dist = np.where(has_peers, poincare_distance(mid, peer_mid), 0.0)
     return np.concatenate([weighted, drift[:, None], peer_dist[:, None]], axis=1)
 
