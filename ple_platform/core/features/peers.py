@@ -22,6 +22,11 @@ import scipy.sparse as sp
 from ple_platform.core.data.schema import PRODUCT_GROUPS, PRODUCTS, PRODUCT_NAMES, add_months
 from ple_platform.core.features.panel import Population, month_end, register_population
 
+PEER_WINDOW_DAYS = 90
+PEER_MAX_MERCHANT_DEGREE = 50
+# (24, 6) 0/1: product -> its task product group (the order of PRODUCT_GROUPS).
+GROUP_OF_PRODUCT = np.asarray([[p.group == g for g in PRODUCT_GROUPS] for p in PRODUCTS], dtype=np.float64)
+
 
 class PeerGraph:
     """The merchant-peer weights A (N x N) as the incidence B; ``graph @ x`` = A @ x for x (N,) or (N, k)."""
@@ -51,11 +56,6 @@ class PeerGraph:
         a.sort_indices()
         return a
 
-PEER_WINDOW_DAYS = 90
-PEER_MAX_MERCHANT_DEGREE = 50
-# (24, 6) 0/1: product -> its task product group (the order of PRODUCT_GROUPS).
-GROUP_OF_PRODUCT = np.asarray([[p.group == g for g in PRODUCT_GROUPS] for p in PRODUCTS], dtype=np.float64)
-
 
 def merchant_peer_graph(
     con: duckdb.DuckDBPyConnection,
@@ -65,7 +65,7 @@ def merchant_peer_graph(
 ) -> PeerGraph:
     """A[i, j] = merchants shared by customers i and j in the ``days`` days ending at t (see ``PeerGraph``).
 
-    Only customers of ``pop`` (the month-t snapshot) and their transactions of months t - ceil(days/28) .. t with
+    Only customers of ``pop`` (the month-t snapshot) and their transactions of months t - (days // 28 + 1) .. t with
     ``ts >= snapshot end - days`` are read. Merchants with more than ``max_merchant_degree`` distinct customers in
     that window are dropped as hubs. Rows/columns follow ``pop`` order; the diagonal is zero.
     """
@@ -99,19 +99,18 @@ def _holdings_two_months(con: duckdb.DuckDBPyConnection, pop: Population) -> tup
     """(held at t (N, 24), held at t-1 (N, 24), present at t-1 (N,)); NULL flags count as not held."""
     register_population(con, pop)
     prev = add_months(pop.month, -1)
-    cols = ", ".join(f'coalesce(h."{p}", 0)' for p in PRODUCT_NAMES)
+    cols = ", ".join(f'coalesce(h."{p}", 0) AS p{i:02d}' for i, p in enumerate(PRODUCT_NAMES))
     rows = con.execute(
         f"SELECT pop.idx, h.month = ? AS is_t, {cols} FROM pop JOIN raw.holdings h USING (customer_id) WHERE h.month IN (?, ?)",
         [pop.month, pop.month, prev],
-    ).fetchall()
+    ).fetchnumpy()
     n = len(pop)
     now, before, present = np.zeros((n, len(PRODUCT_NAMES))), np.zeros((n, len(PRODUCT_NAMES))), np.zeros(n, dtype=bool)
-    if rows:
-        arr = np.asarray(rows, dtype=np.float64)
-        idx, is_t = arr[:, 0].astype(np.int64), arr[:, 1] > 0
-        now[idx[is_t]] = arr[is_t, 2:]
-        before[idx[~is_t]] = arr[~is_t, 2:]
-        present[idx[~is_t]] = True
+    idx, is_t = np.asarray(rows["idx"], dtype=np.int64), np.asarray(rows["is_t"], dtype=bool)
+    flags = np.stack([np.asarray(rows[f"p{i:02d}"], dtype=np.float64) for i in range(len(PRODUCT_NAMES))], axis=1)
+    now[idx[is_t]] = flags[is_t]
+    before[idx[~is_t]] = flags[~is_t]
+    present[idx[~is_t]] = True
     return now, before, present
 
 
