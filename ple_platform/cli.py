@@ -7,6 +7,7 @@
     ple-platform approve v2016.05-1a2b3c4d5e --approver risk.officer@bank --note "reviewed fairness"
     ple-platform audit verify               # OK, or the first broken entry (exit 1)
     ple-platform lineage <recommendation-id | model-version>
+    ple-platform gpu-train-teacher          # the GPU pod's command (Dagster Pipes; launched by ple_teacher)
 """
 
 from __future__ import annotations
@@ -393,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("ident", help="recommendation id or model version")
     li.set_defaults(func=cmd_lineage)
 
+    gt = sub.add_parser("gpu-train-teacher", help="train the teacher from exported inputs (run by ple_teacher "
+                        "through Dagster Pipes: a local subprocess or a GPU pod)")
+    gt.set_defaults(func=cmd_gpu_train_teacher)
+
     sv = sub.add_parser("serve", help="serve recommendations over HTTP from the champion's serving snapshot")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
@@ -400,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how often to check the registry for a new champion or snapshot (0: only /admin/reload)")
     sv.set_defaults(func=cmd_serve)
     return p
+
+
+def cmd_gpu_train_teacher(args) -> int:
+    from ple_platform.gpu_worker import main as worker_main
+
+    return worker_main(["train-teacher"])
 
 
 def main(argv: list[str] | None = None) -> int:
