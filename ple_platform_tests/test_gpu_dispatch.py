@@ -69,6 +69,14 @@ def test_teacher_trains_through_pipes_subprocess_like_the_in_process_fit(pipelin
     logs = [e.user_message for e in instance.all_logs(result.run_id)]
     assert any("training on cpu" in m for m in logs) and any("checkpoint" in m and "1 epochs" in m for m in logs)
 
+    # A resumed fit starts from the stored state: with its one epoch already done it reproduces the checkpoint.
+    again = dg.materialize([ple_teacher], partition_key=MONTH, resources=resources, instance=instance,
+                           run_config=dg.RunConfig({"ple_teacher": TeacherRunConfig(**TINY_TEACHER, resume=True)}))
+    assert again.success
+    assert any("resuming from" in e.user_message for e in instance.all_logs(again.run_id))
+    assert again.asset_materializations_for_node("ple_teacher")[0].metadata["checkpoint_sha256"].value == sha256_bytes(
+        checkpoint)
+
     # Control: the same fit in this process, reading DuckDB directly, gives the same weights bit for bit.
     with duckdb.connect(pipeline_env.warehouse_path, read_only=True) as con:
         local = fit_teacher(con, date.fromisoformat(MONTH), date.fromisoformat(PIPELINE_FIT_END), TINY, tmp_path)
