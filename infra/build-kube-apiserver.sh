@@ -58,4 +58,8 @@ cd "$CACHE/src/.go/src/k8s.io/kubernetes"
 make WHAT=cmd/kube-apiserver
 cp _output/bin/kube-apiserver "$BIN/kube-apiserver" 2>/dev/null || cp _output/local/bin/linux/amd64/kube-apiserver "$BIN/kube-apiserver"
 "$BIN/kube-apiserver" --version
+# Only the two binaries are needed afterwards: drop the ~2.5 GB source tree and Go build cache.
+cd "$CACHE"
+chmod -R u+w "$CACHE/src" 2>/dev/null || true   # Go marks module-cache files read-only
+rm -rf "$CACHE/src" "$CACHE/gocache" "$CACHE/root" "$CACHE/debs" "$APT"
 echo "built $BIN/kube-apiserver"
