@@ -8,6 +8,7 @@
     ple-platform audit verify               # OK, or the first broken entry (exit 1)
     ple-platform recover                    # after a killed run: fail it and free its warehouse pool slot
     ple-platform lineage <recommendation-id | model-version>
+    ple-platform gpu-train-teacher          # the GPU pod's command (Dagster Pipes; launched by ple_teacher)
 """
 
 from __future__ import annotations
@@ -460,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("ident", help="recommendation id or model version")
     li.set_defaults(func=cmd_lineage)
 
+    gt = sub.add_parser("gpu-train-teacher", help="train the teacher from exported inputs (run by ple_teacher "
+                        "through Dagster Pipes: a local subprocess or a GPU pod)")
+    gt.set_defaults(func=cmd_gpu_train_teacher)
+
     sv = sub.add_parser("serve", help="serve recommendations over HTTP from the champion's serving snapshot")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8080)
@@ -467,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how often to check the registry for a new champion or snapshot (0: only /admin/reload)")
     sv.set_defaults(func=cmd_serve)
     return p
+
+
+def cmd_gpu_train_teacher(args) -> int:
+    from ple_platform.gpu_worker import main as worker_main
+
+    return worker_main(["train-teacher"])
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -71,9 +71,10 @@ def test_feature_history_windows_are_explicit_partition_mappings():
 
 
 def test_only_gpu_steps_request_a_gpu_and_the_tag_renders_into_the_step_job():
+    """ple_teacher dispatches its fit as a Pipes pod (test_gpu_dispatch.py); mamba_temporal still carries step tags."""
     assets = {a.key.to_user_string(): a for a in defs.assets}
     tagged = {k for k, a in assets.items() if "dagster-k8s/config" in (a.op.tags or {})}
-    assert tagged == {"mamba_temporal", "ple_teacher"}
+    assert tagged == {"mamba_temporal"}
     tags = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in assets["mamba_temporal"].op.tags.items()}
     user_config = get_user_defined_k8s_config(tags)
     job = construct_dagster_k8s_job(

@@ -51,6 +51,12 @@ class Settings:
     # the settings in production checks both keys, so a deployment with a published or short key never starts.
     pseudonymisation_key_source: str = "dev_default"
     audit_key_source: str = "dev_default"
+    # GPU dispatch (defs/gpu.py): "subprocess" runs the Pipes worker locally; "k8s" on a GPU pod of gpu_image in
+    # k8s_namespace, Pipes messages through the S3 bucket pipes_bucket.
+    gpu_dispatch: str = "subprocess"
+    gpu_image: str | None = None
+    k8s_namespace: str = "default"
+    pipes_bucket: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -82,6 +88,12 @@ class Settings:
             raise SettingsError(f"PLE_REQUIRE_APPROVAL={approval!r}: expected 1/0, true/false or yes/no")
         pseudonymisation = pseudonymisation_key_material(e)  # raises MissingSecretError in prod
         audit = audit_key_material(e)
+        dispatch = e.get("PLE_GPU_DISPATCH", "subprocess")
+        if dispatch not in ("subprocess", "k8s"):
+            raise SettingsError(f"PLE_GPU_DISPATCH={dispatch!r}: expected 'subprocess' or 'k8s'")
+        if dispatch == "k8s" and not (e.get("PLE_GPU_IMAGE") and e.get("PLE_PIPES_BUCKET")):
+            raise SettingsError("PLE_GPU_DISPATCH=k8s needs PLE_GPU_IMAGE (the GPU image) and PLE_PIPES_BUCKET "
+                                "(S3 bucket for Pipes messages)")
         return cls(
             env=env,
             data_dir=data_dir,
@@ -100,4 +112,8 @@ class Settings:
             promotion_policy=policy,
             pseudonymisation_key_source=pseudonymisation.source,
             audit_key_source=audit.source,
+            gpu_dispatch=dispatch,
+            gpu_image=e.get("PLE_GPU_IMAGE") or None,
+            k8s_namespace=e.get("PLE_K8S_NAMESPACE", "default"),
+            pipes_bucket=e.get("PLE_PIPES_BUCKET") or None,
         )

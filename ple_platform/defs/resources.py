@@ -1,6 +1,7 @@
 """Resources, chosen per environment in one place. Every resource has a working local default:
 a DuckDB file, a local artifact folder and the synthetic landing zone under ``PLE_DATA_DIR``.
-Production swaps in S3 (``PLE_ARTIFACTS=s3://...``) and the Kubernetes run launcher via dagster.yaml.
+Production swaps in S3 (``PLE_ARTIFACTS=s3://...``), GPU pods for GPU work (``PLE_GPU_DISPATCH=k8s``, defs/gpu.py)
+and the Kubernetes run launcher via the instance config (infra/dagster-k8s.yaml).
 
 Assets that touch files or S3 are wrapped in :func:`retry_transient_io`, which retries transient I/O errors
 with exponential backoff and lets every other error fail the step at once (docs/operations.md, retries).
@@ -22,6 +23,7 @@ from ple_platform.core.governance.promotion.registry import Registry
 from ple_platform.core.governance.audit.store import GovernanceStore
 from ple_platform.core.settings import Settings
 from ple_platform.core.storage import ArtifactStore, artifact_store_from_uri
+from ple_platform.defs.gpu import GpuDispatchResource
 
 
 # OSErrors that a retry cannot fix: the input is missing or the path is wrong, the same on every attempt.
@@ -161,4 +163,15 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
             path=str(settings.landing_path),
             transactions_path=str(settings.landing_transactions_path) if settings.landing_transactions_path else None,
         ),
+        "gpu": gpu_dispatch(settings),
     }
+
+
+def gpu_dispatch(settings: Settings) -> GpuDispatchResource:
+    """Local Pipes subprocess by default; in production (``PLE_GPU_DISPATCH=k8s``) a GPU pod per fit, run from
+    inside the cluster, its Pipes messages read from S3."""
+    if settings.gpu_dispatch == "k8s":
+        return GpuDispatchResource(mode="k8s", image=settings.gpu_image, namespace=settings.k8s_namespace,
+                                   load_incluster_config=True, messages_bucket=settings.pipes_bucket,
+                                   s3_endpoint_url=settings.s3_endpoint_url, env_from_secrets=["ple-secrets"])
+    return GpuDispatchResource(mode="subprocess")

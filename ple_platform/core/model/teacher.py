@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -24,11 +24,12 @@ from ple_platform.core.versioning import source_version
 if TYPE_CHECKING:  # torch and the model modules load where a model is built: they cost seconds at import
     import duckdb
 
+    from ple_platform.core.model.data import TeacherData
     from ple_platform.core.model.ple import PLEConfig, PLEModel
 
 # The modules whose source defines the teacher (the experts package: all its modules); order fixes the hash.
 MODEL_SOURCES = tuple(f"ple_platform.core.model.{m}" for m in ("ple", "losses", "train", "data", "teacher", "batch",
-                                                                "experts"))
+                                                                "experts", "handoff"))
 
 
 def code_version() -> str:
@@ -79,6 +80,16 @@ class TeacherResult:
         return hashlib.sha256(self.checkpoint).hexdigest()
 
 
+def load_teacher_data(con: duckdb.DuckDBPyConnection, model_month: date, first_train_month: date,
+                      settings: TeacherSettings) -> TeacherData:
+    """The standardised train and validation parts of model month ``model_month`` (all the fit reads from DuckDB)."""
+    from ple_platform.core.model.data import TeacherData
+
+    split = time_split(model_month, first_train_month)
+    return TeacherData.from_split(con, split, max_customers_per_month=settings.max_customers_per_month,
+                                  sample_seed=settings.seed, parts=("train", "validation"))
+
+
 def fit_teacher(
     con: duckdb.DuckDBPyConnection,
     model_month: date,
@@ -88,33 +99,38 @@ def fit_teacher(
     resume: bool = False,
     progress_label: str = "teacher",
 ) -> TeacherResult:
+    data = load_teacher_data(con, model_month, first_train_month, settings)
+    return train_on_data(data, model_month, settings, workdir, resume, progress_label)
+
+
+def train_on_data(data: TeacherData, model_month: date, settings: TeacherSettings, workdir: Path,
+                  resume: bool = False, progress_label: str = "teacher",
+                  on_epoch_checkpoint: Callable[[Path], None] | None = None) -> TeacherResult:
+    """Train the teacher on loaded data (no warehouse needed: this is what the GPU worker runs).
+    ``on_epoch_checkpoint(path)`` is called after each epoch's resume checkpoint is written to ``workdir``."""
     import torch
 
-    from ple_platform.core.model.data import TeacherData
     from ple_platform.core.model.ple import PLEModel
     from ple_platform.core.model.train import TrainConfig, evaluate
 
-    split = time_split(model_month, first_train_month)
     torch.manual_seed(settings.seed)
     np.random.seed(settings.seed)
-    data = TeacherData.from_split(
-        con, split, max_customers_per_month=settings.max_customers_per_month, sample_seed=settings.seed, parts=("train", "validation")
-    )
     model = PLEModel(settings.ple_config())
     train_cfg = TrainConfig(epochs=settings.epochs, lr=settings.lr, patience=settings.patience)
     t0 = time.perf_counter()
     with compute_threads():
         model, history = _train(model, data, train_cfg, settings, workdir, resume,
-                                f"{progress_label} {model_month:%Y-%m}")
+                                f"{progress_label} {model_month:%Y-%m}", on_epoch_checkpoint)
     seconds = time.perf_counter() - t0
     n_train = len(data.part("train").customer_ids)
     epochs_run = len(history["epochs"])
     with compute_threads():
         val = evaluate(model, data.batches("validation", 1024), device=next(model.parameters()).device)
-    return _result(model, data, settings, split, val, history, seconds, n_train * epochs_run / max(seconds, 1e-9))
+    return _result(model, data, settings, data.split, val, history, seconds,
+                   n_train * epochs_run / max(seconds, 1e-9))
 
 
-def _train(model, data, train_cfg, settings, workdir, resume, progress_label):
+def _train(model, data, train_cfg, settings, workdir, resume, progress_label, on_epoch_checkpoint=None):
     from ple_platform.core.model.train import train_teacher
 
     return train_teacher(
@@ -128,6 +144,7 @@ def _train(model, data, train_cfg, settings, workdir, resume, progress_label):
         progress_label=progress_label,
         samples_per_epoch=len(data.part("train").customer_ids),
         train_labels=data.part("train").labels,
+        on_checkpoint=on_epoch_checkpoint,
     )
 
 

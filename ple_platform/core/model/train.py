@@ -211,7 +211,8 @@ def _mean_terms(rows: list[dict[str, float]]) -> dict[str, float]:
 def train_teacher(model: nn.Module, train_batches: BatchSource, val_batches: BatchSource | None,
                   config: TrainConfig | None = None, seed: int = 0, checkpoint_dir: str | Path | None = None,
                   resume: bool = False, train_labels: Mapping[str, np.ndarray] | None = None,
-                  progress_label: str = "teacher", samples_per_epoch: int | None = None) -> tuple[nn.Module, dict]:
+                  progress_label: str = "teacher", samples_per_epoch: int | None = None,
+                  on_checkpoint: Callable[[Path], None] | None = None) -> tuple[nn.Module, dict]:
     """Train ``model`` (a ``PLEModel``) and return it with the best validation weights loaded, and the history.
 
     ``train_labels`` ({task: all training labels}) fit the loss normalisers and head priors; without them they
@@ -220,7 +221,8 @@ def train_teacher(model: nn.Module, train_batches: BatchSource, val_batches: Bat
     ``history = {"epochs": [per-epoch dict of every term], "best_epoch", "best_score", "stopped_early",
     "selection_metric", "task_norms"}``.
     With ``resume=True`` and a ``last.pt`` in ``checkpoint_dir`` training continues after its epoch; without a
-    checkpoint it starts fresh.
+    checkpoint it starts fresh. ``on_checkpoint(last_pt_path)`` runs after each epoch's ``last.pt`` is written
+    (the GPU worker copies it to the artifact store, so a rescheduled pod resumes where the lost one stopped).
     """
     cfg = config or TrainConfig()
     if cfg.selection_metric not in ("mean_binary_auc", "composite"):
@@ -316,6 +318,8 @@ def train_teacher(model: nn.Module, train_batches: BatchSource, val_batches: Bat
                     "history": history, "best_state": best_state, "bad_epochs": bad_epochs,
                     "rng": _rng_state(), "model_config": _model_config(model), "train_config": asdict(cfg),
                 }, last)
+                if on_checkpoint is not None:
+                    on_checkpoint(last)
 
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -1,8 +1,9 @@
 """Training (group ``training``): the PLE teacher of model month t.
 
 Trains on label months from the fit anchor to t-3, early-stops on t-2 and leaves t-1 for out-of-time
-evaluation. The checkpoint (state dict + config + scaler + split, no pickled module) goes to the artifact
-store; metrics, loss terms and the split go to the asset metadata.
+evaluation. The fit runs in the GPU worker (``ple_platform.gpu_worker``) through Dagster Pipes; the checkpoint
+(state dict + config + scaler + split, no pickled module) goes to the artifact store, its hash is checked here;
+metrics, loss terms and the split go to the asset metadata.
 """
 
 import json
@@ -13,11 +14,11 @@ from pathlib import Path
 import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
-from ple_platform.core.model.teacher import TeacherSettings, code_version, fit_teacher, teacher_checkpoint_key
+from ple_platform.core.model.teacher import TeacherSettings, code_version, load_teacher_data, teacher_checkpoint_key
 from ple_platform.core.settings import Settings
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.split import SplitError
-from ple_platform.defs.gpu import GPU_OP_TAGS
+from ple_platform.defs.gpu import GPU_POOL, GpuDispatchResource
 from ple_platform.defs.automation import MODEL_CHAIN
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
@@ -45,13 +46,23 @@ def _md_metrics(metrics: dict[str, float]) -> str:
     return "| validation metric | value |\n|---|---|\n" + "\n".join(rows)
 
 
+def teacher_inputs_key(month: date) -> str:
+    return f"teacher/{month.isoformat()}/inputs.npz"
+
+
+def teacher_resume_key(month: date) -> str:
+    """Resume state of the month's fit (``last.pt``): in the artifact store, so it survives the GPU pod."""
+    return f"teacher/{month.isoformat()}/resume/last.pt"
+
+
 @dg.asset(
     group_name="training",
     partitions_def=MONTHLY,
     deps=[dg.AssetDep(g.name, partition_mapping=HISTORY) for g in FEATURE_GROUPS]
     + [dg.AssetDep("task_labels", partition_mapping=HISTORY)],
-    op_tags=GPU_OP_TAGS,
-    pool=WAREHOUSE_POOL,
+    # The GPU pool, not the warehouse pool: the step reads the warehouse for seconds (DuckDB's own file lock
+    # serialises that read with writers) and then trains for minutes to hours without touching it.
+    pool=GPU_POOL,
     kinds={"pytorch"},
     owners=["team:ml-modeling"],
     code_version=code_version(),
@@ -59,9 +70,12 @@ def _md_metrics(metrics: dict[str, float]) -> str:
 )
 @retry_transient_io
 def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, warehouse: WarehouseResource,
-                artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+                artifacts: ArtifactStoreResource, gpu: GpuDispatchResource) -> dg.MaterializeResult:
     """PLE teacher with 7 heterogeneous experts (DeepFM, temporal ensemble, HGCN, PersLay, LightGCN, causal,
-    optimal transport) learning the 13 tasks; trained on CPU by default, on a GPU pod in the k8s profile."""
+    optimal transport) learning the 13 tasks. Loads its inputs, closes the warehouse, exports them to the
+    artifact store and trains through Dagster Pipes: a local subprocess by default, a GPU pod in production."""
+    from ple_platform.core.model.handoff import pack_teacher_inputs
+
     month = date.fromisoformat(context.partition_key)
     settings = Settings.from_env()
     run = TeacherSettings(
@@ -72,34 +86,63 @@ def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, war
         expert_kind=config.expert_kind,
         model={"expert_dim": config.expert_dim, "n_layers": config.n_layers},
     )
-    workdir = Path(tempfile.gettempdir()) / "ple_teacher" / month.isoformat()
     with warehouse.get_connection() as con:
         try:
-            result = fit_teacher(con, month, settings.fit_end_month, run, workdir, resume=config.resume)
+            data = load_teacher_data(con, month, settings.fit_end_month, run)
         except SplitError as err:
             raise dg.Failure(description=str(err)) from None
+    # The warehouse connection is closed here: the file lock is free for writers during the whole fit.
     store = artifacts.store()
-    store.put(teacher_checkpoint_key(month, result.sha256), result.checkpoint)
-    uri, sha = store.put(teacher_checkpoint_key(month), result.checkpoint)
-    split = result.split.as_dict()
+    inputs = pack_teacher_inputs(data, month, run)
+    del data
+    inputs_uri, inputs_sha = store.put(teacher_inputs_key(month), inputs)
+    context.log.info(f"teacher inputs exported: {len(inputs) / 2**20:.1f} MiB to {inputs_uri}")
+    del inputs
+    fit_key = f"teacher/{month.isoformat()}/fit/{context.run.run_id}"
+    invocation = gpu.run_worker(context, "train-teacher", {
+        "artifacts_uri": artifacts.uri, "s3_endpoint_url": artifacts.s3_endpoint_url,
+        "inputs_key": teacher_inputs_key(month), "inputs_sha256": inputs_sha,
+        "checkpoint_key": f"{fit_key}/checkpoint.pt", "result_key": f"{fit_key}/result.json",
+        "resume_key": teacher_resume_key(month), "resume": config.resume,
+    })
+    reports = [m for m in invocation.get_custom_messages() if isinstance(m, dict) and "checkpoint_sha256" in m]
+    if len(reports) != 1:
+        raise dg.Failure(description=f"the GPU worker reported {len(reports)} checkpoints (expected 1) for "
+                                     f"{month:%Y-%m}; see its log in this step")
+    report = reports[0]
+    checkpoint = store.get(f"{fit_key}/checkpoint.pt")
+    if sha256_bytes(checkpoint) != report["checkpoint_sha256"]:
+        raise dg.Failure(description=f"teacher checkpoint at {store.uri(f'{fit_key}/checkpoint.pt')} has SHA-256 "
+                                     f"{sha256_bytes(checkpoint)[:16]}…, the GPU worker reported "
+                                     f"{report['checkpoint_sha256'][:16]}…: not registering a corrupted checkpoint")
+    fit = json.loads(store.get(report["result_key"]))
+    sha = sha256_bytes(checkpoint)
+    store.put(teacher_checkpoint_key(month, sha), checkpoint)
+    uri, _ = store.put(teacher_checkpoint_key(month), checkpoint)
+    split = fit["data_summary"]["split"]
+    history = fit["history"]
     return dg.MaterializeResult(
         metadata={
             "checkpoint_uri": uri,
             "checkpoint_sha256": sha,
+            "inputs_uri": inputs_uri,
+            "inputs_sha256": inputs_sha,
+            "gpu_dispatch": gpu.mode,
+            "device": report["device"],
             "train_months": f"{split['train'][0]} .. {split['train'][-1]} ({len(split['train'])})",
             "validation_month": split["validation"],
             "test_month": split["test"],
-            "rows": dg.MetadataValue.json(result.data_summary["rows"]),
-            "scaler_hash": str(result.data_summary["scaler_hash"]),
-            "epochs_run": len(result.history["epochs"]),
-            "best_epoch": result.history["best_epoch"],
-            "selection_metric": result.history["selection_metric"],
-            "best_validation_score": result.history["best_score"],
-            "train_seconds": round(result.seconds, 1),
-            "samples_per_second": round(result.samples_per_second, 1),
-            "validation": dg.MetadataValue.md(_md_metrics(result.metrics)),
+            "rows": dg.MetadataValue.json(fit["data_summary"]["rows"]),
+            "scaler_hash": str(fit["data_summary"]["scaler_hash"]),
+            "epochs_run": len(history["epochs"]),
+            "best_epoch": history["best_epoch"],
+            "selection_metric": history["selection_metric"],
+            "best_validation_score": history["best_score"],
+            "train_seconds": round(fit["seconds"], 1),
+            "samples_per_second": round(fit["samples_per_second"], 1),
+            "validation": dg.MetadataValue.md(_md_metrics(fit["metrics"])),
             "loss_terms_last_epoch": dg.MetadataValue.json(
-                {k: round(float(v), 5) for k, v in result.history["epochs"][-1].items() if isinstance(v, (int, float))}
+                {k: round(float(v), 5) for k, v in history["epochs"][-1].items() if isinstance(v, (int, float))}
             ),
             "customer_sample": ("all customers" if run.max_customers_per_month is None
                                 else f"sample of {run.max_customers_per_month} per month (seed {run.seed})"),
