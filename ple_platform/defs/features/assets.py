@@ -17,14 +17,13 @@ from ple_platform.core.features import quality
 from ple_platform.core.features.build import BuildContext, build_group
 from ple_platform.core.features.fits import FitPolicy, FitStore
 from ple_platform.core.features.spec import FEATURE_GROUPS, FeatureGroupSpec
-from ple_platform.core.settings import Settings
 from ple_platform.core.warehouse import partition_content_hash, replace_partition
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.gpu import GPU_OP_TAGS
 from ple_platform.defs.automation import FEATURES
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource
+from ple_platform.defs.resources import ArtifactStoreResource, PlatformSettings, WarehouseResource
 
 CHECK_NAMES = (
     "width_and_dtypes",
@@ -207,9 +206,10 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
         code_version=CODE_VERSION,
         automation_condition=FEATURES,
     )
-    def _feature(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource):
+    def _feature(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource,
+                 settings: PlatformSettings):
         month = date.fromisoformat(context.partition_key)
-        settings = Settings.from_env()
+        settings = settings.settings()
         policy = FitPolicy(fit_end=settings.fit_end_month, first_month=settings.start_month)
         with warehouse.get_connection() as con:
             missing = _unavailable_sources(con, spec, month)

@@ -33,7 +33,6 @@ from ple_platform.core.governance.promotion.flow import (
     execute_promotion,
     judge_challenger,
 )
-from ple_platform.core.settings import Settings
 from ple_platform.core.tasks.spec import TASKS
 from ple_platform.core.warehouse import customer_attributes
 from ple_platform.core.versioning import source_version
@@ -41,11 +40,12 @@ from ple_platform.defs.distillation.assets import FIDELITY_CHECK, _jsonable
 from ple_platform.defs.automation import MODEL_CHAIN
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
+from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, PlatformSettings, WarehouseResource
 
 # Changes with the source that computes these assets (docs/architecture.md, code versions).
 CODE_VERSION = source_version("ple_platform.core.governance.promotion", __name__)
 
+# A definition-time fact (the sensor's declared interval), so read at import like the partitions (defs/partitions.py).
 SENSOR_INTERVAL_SECONDS = int(os.environ.get("PLE_SENSOR_INTERVAL_SECONDS", "30"))
 
 
@@ -136,14 +136,14 @@ class PromotionRunConfig(dg.Config):
 
 @dg.asset(group_name="governance", kinds={"duckdb"}, owners=["team:model-risk"], code_version=CODE_VERSION)
 def champion_model(context: dg.AssetExecutionContext, config: PromotionRunConfig,
-                   governance: GovernanceResource) -> dg.MaterializeResult:
+                   governance: GovernanceResource, settings: PlatformSettings) -> dg.MaterializeResult:
     """The serving champion: changed only by a promotion run executing a recorded promote/bootstrap decision
     (and, in approval mode, only with an approval of that decision's evidence)."""
     registry, audit = governance.registry(), governance.audit_log()
     previous = registry.champion()
     try:
         changed = execute_promotion(registry, audit, config.version, config.decision_id,
-                                    require_approval=Settings.from_env().require_approval,
+                                    require_approval=settings.settings().require_approval,
                                     actor=f"dagster-run:{context.run.run_id}")
     except (PromotionFlowError, ValueError) as err:
         raise dg.Failure(description=f"promotion of {config.version} refused: {err}") from None
@@ -184,8 +184,8 @@ def approve_challenger_job():
     record_approval()
 
 
-def _policy() -> PromotionPolicy:
-    settings = Settings.from_env()
+def _policy(settings: PlatformSettings) -> PromotionPolicy:
+    settings = settings.settings()
     return PromotionPolicy.from_dict({**settings.promotion_policy, "require_approval": settings.require_approval})
 
 
@@ -232,12 +232,12 @@ def _judge(context, governance, store, month: str, policy: PromotionPolicy, run_
     description="Promotes a challenger when the promotion rules pass, records a rejection with reasons otherwise",
 )
 def champion_challenger_sensor(context: dg.SensorEvaluationContext, governance: GovernanceResource,
-                               artifacts: ArtifactStoreResource) -> dg.SensorResult:
+                               artifacts: ArtifactStoreResource, settings: PlatformSettings) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {"after": None, "pending": []}
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=challenger_evaluation.key, after_storage_id=cursor["after"]),
         limit=20, ascending=True).records
-    store, policy = artifacts.store(), _policy()
+    store, policy = artifacts.store(), _policy(settings)
     run_requests: list[dg.RunRequest] = []
     events: list[dg.AssetObservation] = []
     pending = set(cursor["pending"])

@@ -20,12 +20,11 @@ from ple_platform.core.recommend.monthly import (
     summary_key,
     write_recommendations,
 )
-from ple_platform.core.settings import Settings
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.automation import MONTHLY_OUTPUT_FRESHNESS
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
+from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, PlatformSettings, WarehouseResource
 
 # Change with the source that computes each asset (docs/architecture.md, code versions).
 RECOMMENDATIONS_VERSION = source_version("ple_platform.core.recommend", "ple_platform.core.model", __name__)
@@ -118,7 +117,7 @@ def _checklist_md(report: dict) -> str:
 )
 def compliance_report(context: dg.AssetExecutionContext, config: ComplianceReportConfig,
                       warehouse: WarehouseResource, artifacts: ArtifactStoreResource,
-                      governance: GovernanceResource) -> dg.MaterializeResult:
+                      governance: GovernanceResource, settings: PlatformSettings) -> dg.MaterializeResult:
     """Model card, EU AI Act Annex IV and the FSS/AI Basic Act checklist of month t, from evidence only
     (absent evidence reads "missing evidence"); HTML with plots + JSON, audit-logged."""
     # The evidence loader and renderer bring torch and matplotlib: loaded per run, not with the definitions.
@@ -127,7 +126,7 @@ def compliance_report(context: dg.AssetExecutionContext, config: ComplianceRepor
 
     month = date.fromisoformat(context.partition_key)
     store = artifacts.store()
-    settings = Settings.from_env()
+    settings = settings.settings()
     evidence_settings = EvidenceSettings(
         n_boot=config.n_boot, min_group_size=config.min_group_size, landing_kind=settings.landing_kind,
         require_approval=settings.require_approval,

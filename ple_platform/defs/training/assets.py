@@ -14,14 +14,13 @@ import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
 from ple_platform.core.model.teacher import TeacherSettings, code_version, fit_teacher, teacher_checkpoint_key
-from ple_platform.core.settings import Settings
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.split import SplitError
 from ple_platform.defs.gpu import GPU_OP_TAGS
 from ple_platform.defs.automation import MODEL_CHAIN
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource, retry_transient_io
+from ple_platform.defs.resources import ArtifactStoreResource, PlatformSettings, WarehouseResource, retry_transient_io
 
 HISTORY = dg.TimeWindowPartitionMapping(start_offset=-16, end_offset=0, allow_nonexistent_upstream_partitions=True)
 
@@ -59,11 +58,11 @@ def _md_metrics(metrics: dict[str, float]) -> str:
 )
 @retry_transient_io
 def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, warehouse: WarehouseResource,
-                artifacts: ArtifactStoreResource) -> dg.MaterializeResult:
+                artifacts: ArtifactStoreResource, settings: PlatformSettings) -> dg.MaterializeResult:
     """PLE teacher with 7 heterogeneous experts (DeepFM, temporal ensemble, HGCN, PersLay, LightGCN, causal,
     optimal transport) learning the 13 tasks; trained on CPU by default, on a GPU pod in the k8s profile."""
     month = date.fromisoformat(context.partition_key)
-    settings = Settings.from_env()
+    fit_end = settings.settings().fit_end_month
     run = TeacherSettings(
         max_customers_per_month=config.max_customers_per_month or None,
         epochs=config.epochs,
@@ -75,7 +74,7 @@ def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, war
     workdir = Path(tempfile.gettempdir()) / "ple_teacher" / month.isoformat()
     with warehouse.get_connection() as con:
         try:
-            result = fit_teacher(con, month, settings.fit_end_month, run, workdir, resume=config.resume)
+            result = fit_teacher(con, month, fit_end, run, workdir, resume=config.resume)
         except SplitError as err:
             raise dg.Failure(description=str(err)) from None
     store = artifacts.store()
