@@ -220,11 +220,13 @@ class LLMResource(dg.ConfigurableResource):
 
 class GovernanceResource(dg.ConfigurableResource):
     """Model registry and tamper-evident audit log (one small DuckDB file, locked per operation, so runs, the
-    sensor daemon and the CLI can all write). The audit key comes from the settings resource (``PLE_AUDIT_KEY``,
-    required in prod)."""
+    sensor daemon and the CLI can all write). ``audit_key`` is the same ``dg.EnvVar("PLE_AUDIT_KEY")`` the
+    settings resource gets (required in prod); not a nested resource, whose config resolution in Dagster 1.13
+    calls a deprecated API on every run."""
 
     path: str
-    settings: PlatformSettings
+    env: str = _SETTINGS_DEFAULTS["env"]
+    audit_key: str | None = _SETTINGS_DEFAULTS["audit_key"]
 
     def store(self) -> GovernanceStore:
         return GovernanceStore(self.path)
@@ -233,7 +235,7 @@ class GovernanceResource(dg.ConfigurableResource):
         return Registry(self.store())
 
     def audit_log(self) -> AuditLog:
-        return AuditLog(self.store(), self.settings.audit_key_bytes())
+        return AuditLog(self.store(), audit_key_from(self.audit_key, self.env).value)
 
 
 def _env_var_if_needed(var: str, env: str, environ) -> dg.EnvVar | None:
@@ -250,9 +252,10 @@ def build_resources(settings: Settings, environ=None) -> dict[str, dg.Configurab
     """Every resource, chosen for ``settings`` (validated, so a production deployment with a missing or published
     key never loads). The only place the secrets are named: as ``dg.EnvVar``, resolved when a run starts."""
     e = os.environ if environ is None else environ
+    audit_key = _env_var_if_needed(AUDIT_KEY_ENV_VAR, settings.env, e)
     platform = PlatformSettings.from_settings(settings, {
         "pseudonymisation_key": _env_var_if_needed(PSEUDONYMISATION_KEY_ENV_VAR, settings.env, e),
-        "audit_key": _env_var_if_needed(AUDIT_KEY_ENV_VAR, settings.env, e)})
+        "audit_key": audit_key})
     llm_key = _llm_key_var(e)
     return {
         "settings": platform,
@@ -261,7 +264,7 @@ def build_resources(settings: Settings, environ=None) -> dict[str, dg.Configurab
             database=settings.warehouse_path, connection_config={"memory_limit": settings.duckdb_memory_limit}
         ),
         "artifacts": ArtifactStoreResource(uri=settings.artifacts_uri, s3_endpoint_url=settings.s3_endpoint_url),
-        "governance": GovernanceResource(path=str(settings.governance_db), settings=platform),
+        "governance": GovernanceResource(path=str(settings.governance_db), env=settings.env, audit_key=audit_key),
         "landing": LandingZoneResource(
             kind=settings.landing_kind,
             path=str(settings.landing_path),

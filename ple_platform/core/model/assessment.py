@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import duckdb
@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from ple_platform.core.data.schema import PRODUCT_NAMES, add_months
 from ple_platform.core.model.baselines import MANY_CLASS_OVERRIDES, predict_lightgbm, train_lightgbm_baselines
+from ple_platform.core.model.assessment_settings import AssessmentSettings  # noqa: F401  (re-exported)
 from ple_platform.core.model.data import MonthData
 from ple_platform.core.model.evaluate import (
     compare_predictions,
@@ -50,21 +51,6 @@ from ple_platform.core.tasks.split import TimeSplit
 MODELS = ("teacher", "lightgbm", "vanilla_ple")
 GOAL_MEAN_AUC_MARGIN = 0.005  # issue #4: teacher >= baseline + 0.005 mean binary AUC
 GOAL_TASK_TOLERANCE = 0.005  # ... and no task worse than baseline - 0.005
-
-
-@dataclass(frozen=True)
-class AssessmentSettings:
-    n_boot: int = 200
-    lgb_num_boost_round: int = 400
-    lgb_early_stopping: int = 30
-    lgb_params: dict = field(default_factory=dict)  # over baselines.DEFAULT_PARAMS for every task (e.g. max_bin)
-    lgb_threads: int = 2
-    faithfulness_rows: int = 1024  # 1 + 7 forward passes over this many test customers
-    # The no-information control: (1 + n_perm) x 8 + 7 forward passes over this many test customers.
-    faithfulness_control_rows: int = 512
-    faithfulness_control_perms: int = 2
-    score_all_test_customers: bool = True  # False: only the teacher's training subsample of the test month
-    train_vanilla: bool = True
 
 
 def next_holdings(con: duckdb.DuckDBPyConnection, md: MonthData) -> np.ndarray:

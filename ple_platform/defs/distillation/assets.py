@@ -27,7 +27,7 @@ from ple_platform.core.distillation.students import StudentConfig, fit_task_stud
 from ple_platform.core.features.spec import FEATURE_GROUPS
 from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.core.governance.promotion.registry import ModelBundle, Route, StudentArtifact
-from ple_platform.core.model.baselines import MANY_CLASS_OVERRIDES
+from ple_platform.core.model.baselines import DEFAULT_PARAMS, MANY_CLASS_OVERRIDES
 from ple_platform.core.model.evaluate import evaluate_predictions
 from ple_platform.core.model.teacher import load_teacher
 from ple_platform.core.progress import milestone
@@ -36,6 +36,7 @@ from ple_platform.core.tasks.spec import TASKS, TaskSpec
 from ple_platform.core.warehouse import partition_content_hash
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.automation import MODEL_CHAIN
+from ple_platform.defs.core_defaults import core_default
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import (
@@ -97,21 +98,22 @@ def distillation_dataset(context: dg.AssetExecutionContext, warehouse: Warehouse
 class StudentRunConfig(dg.Config):
     """Distillation recipe and fidelity thresholds (docs/models.md explains each)."""
 
-    temperature: float = 2.0
-    alpha: float = 0.5
-    keep_share: float = 0.5
-    num_boost_round: int = 400
-    early_stopping_rounds: int = 30
-    selection_rounds: int = 60
-    max_bin: int = 255  # LightGBM binning (63 cuts split finding ~4x on small months)
-    num_leaves: int = 63
-    n_boot: int = 100
-    max_auc_gap: float = 0.03
-    min_spearman: float = 0.8
-    min_topk_agreement: float = 0.7
-    max_ece: float = 0.05
-    min_teacher_std: float = 0.02  # a near-constant teacher is nothing to be faithful to
-    min_teacher_auc: float = 0.55
+    temperature: float = core_default(StudentConfig, "temperature")
+    alpha: float = core_default(StudentConfig, "alpha")
+    keep_share: float = core_default(fit_task_students, "keep_share")
+    num_boost_round: int = core_default(StudentConfig, "num_boost_round")
+    early_stopping_rounds: int = core_default(StudentConfig, "early_stopping_rounds")
+    selection_rounds: int = core_default(StudentConfig, "selection_rounds")
+    max_bin: int = DEFAULT_PARAMS["max_bin"]  # LightGBM binning (63 cuts split finding ~4x on small months)
+    num_leaves: int = DEFAULT_PARAMS["num_leaves"]
+    n_boot: int = core_default(fit_task_students, "n_boot")
+    max_auc_gap: float = core_default(FidelityThresholds, "max_auc_gap")
+    min_spearman: float = core_default(FidelityThresholds, "min_spearman")
+    min_topk_agreement: float = core_default(FidelityThresholds, "min_topk_agreement")
+    max_ece: float = core_default(FidelityThresholds, "max_ece")
+    # a near-constant teacher is nothing to be faithful to
+    min_teacher_std: float = core_default(FidelityThresholds, "min_teacher_std")
+    min_teacher_auc: float = core_default(FidelityThresholds, "min_teacher_auc")
     route: str = "auto"  # "auto" (by validation evidence), or force "distill" / "direct" for ablations
 
 

@@ -38,6 +38,7 @@ from ple_platform.core.warehouse import customer_attributes
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.distillation.assets import FIDELITY_CHECK, _jsonable
 from ple_platform.defs.automation import MODEL_CHAIN
+from ple_platform.defs.core_defaults import core_default
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, PlatformSettings, WarehouseResource
@@ -58,8 +59,9 @@ def evaluation_key(month: date) -> str:
 
 
 class ChallengerEvaluationConfig(dg.Config):
-    n_boot: int = 200
-    min_group_size: int = 50  # smaller groups are "insufficient evidence", never a pass
+    n_boot: int = core_default(evaluate_challenger, "n_boot")
+    # smaller groups are "insufficient evidence", never a pass
+    min_group_size: int = core_default(evaluate_challenger, "min_group_size")
 
 
 def _comparison_md(ev: dict) -> str:
@@ -165,7 +167,7 @@ reevaluate_challenger_job = dg.define_asset_job("reevaluate_challenger", selecti
 class ApprovalConfig(dg.Config):
     version: str
     approver: str
-    note: str = ""
+    note: str = core_default(approve_challenger, "note")
 
 
 @dg.op

@@ -21,7 +21,9 @@ from ple_platform.core.recommend.monthly import (
     write_recommendations,
 )
 from ple_platform.core.versioning import source_version
+from ple_platform.core.governance.compliance.evidence_settings import EvidenceSettings
 from ple_platform.defs.automation import MONTHLY_OUTPUT_FRESHNESS
+from ple_platform.defs.core_defaults import core_default
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, PlatformSettings, WarehouseResource
@@ -93,8 +95,9 @@ def recommendations(context: dg.AssetExecutionContext, warehouse: WarehouseResou
 
 
 class ComplianceReportConfig(dg.Config):
-    n_boot: int = 200
-    min_group_size: int = 50  # smaller groups are "insufficient evidence", never a pass
+    n_boot: int = core_default(EvidenceSettings, "n_boot")
+    # smaller groups are "insufficient evidence", never a pass
+    min_group_size: int = core_default(EvidenceSettings, "min_group_size")
 
 
 def _checklist_md(report: dict) -> str:
@@ -122,7 +125,7 @@ def compliance_report(context: dg.AssetExecutionContext, config: ComplianceRepor
     (absent evidence reads "missing evidence"); HTML with plots + JSON, audit-logged."""
     # The evidence loader and renderer bring torch and matplotlib: loaded per run, not with the definitions.
     from ple_platform.core.governance.compliance import report as rpt
-    from ple_platform.core.governance.compliance.evidence import EvidenceError, EvidenceSettings, collect_evidence
+    from ple_platform.core.governance.compliance.evidence import EvidenceError, collect_evidence
 
     month = date.fromisoformat(context.partition_key)
     store = artifacts.store()

@@ -13,11 +13,15 @@ from pathlib import Path
 import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
+from ple_platform.core.model.assessment_settings import AssessmentSettings
+from ple_platform.core.model.baselines import DEFAULT_PARAMS
+from ple_platform.core.model.ple_config import PLEConfig
 from ple_platform.core.model.teacher import TeacherSettings, code_version, fit_teacher, teacher_checkpoint_key
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.split import SplitError
 from ple_platform.defs.gpu import GPU_OP_TAGS
 from ple_platform.defs.automation import MODEL_CHAIN
+from ple_platform.defs.core_defaults import core_default
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import ArtifactStoreResource, PlatformSettings, WarehouseResource, retry_transient_io
@@ -29,14 +33,14 @@ class TeacherRunConfig(dg.Config):
     """Launchpad knobs. By default every eligible customer of every month trains the teacher (and, through its
     checkpoint, the students); ``max_customers_per_month`` > 0 trains on a recorded per-month sample instead."""
 
-    max_customers_per_month: int | None = None
-    epochs: int = 3
-    batch_size: int = 256
-    seed: int = 7
-    expert_kind: str = "heterogeneous"
-    expert_dim: int = 64
-    n_layers: int = 3
-    resume: bool = False
+    max_customers_per_month: int | None = core_default(TeacherSettings, "max_customers_per_month")
+    epochs: int = core_default(TeacherSettings, "epochs")
+    batch_size: int = core_default(TeacherSettings, "batch_size")
+    seed: int = core_default(TeacherSettings, "seed")
+    expert_kind: str = core_default(TeacherSettings, "expert_kind")
+    expert_dim: int = core_default(PLEConfig, "expert_dim")
+    n_layers: int = core_default(PLEConfig, "n_layers")
+    resume: bool = core_default(fit_teacher, "resume")
 
 
 def _md_metrics(metrics: dict[str, float]) -> str:
@@ -111,12 +115,13 @@ def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, war
 class EvaluationRunConfig(dg.Config):
     """Bootstrap replicates and the LightGBM baseline's budget; the vanilla PLE can be skipped when iterating."""
 
-    n_boot: int = 200
-    lgb_num_boost_round: int = 400
-    lgb_early_stopping: int = 30
-    lgb_max_bin: int = 255  # binning of the shared LightGBM matrix: 63 bins cut split finding ~4x on small months
-    lgb_num_leaves: int = 63
-    train_vanilla_ple: bool = True
+    n_boot: int = core_default(AssessmentSettings, "n_boot")
+    lgb_num_boost_round: int = core_default(AssessmentSettings, "lgb_num_boost_round")
+    lgb_early_stopping: int = core_default(AssessmentSettings, "lgb_early_stopping")
+    # binning of the shared LightGBM matrix: 63 bins cut split finding ~4x on small months
+    lgb_max_bin: int = DEFAULT_PARAMS["max_bin"]
+    lgb_num_leaves: int = DEFAULT_PARAMS["num_leaves"]
+    train_vanilla_ple: bool = core_default(AssessmentSettings, "train_vanilla")
 
 
 def _round(obj):
@@ -144,7 +149,7 @@ def teacher_evaluation(context: dg.AssetExecutionContext, config: EvaluationRunC
     """Out-of-time test month (t-1): the teacher vs per-task LightGBM on the same 1,211 features vs a vanilla
     PLE with MLP experts, with bootstrap CIs, MAP@7 of the product ranking, gate entropy and gate faithfulness."""
     # torch, LightGBM and scikit-learn load here, not when the definitions load
-    from ple_platform.core.model.assessment import AssessmentSettings, assess_teacher, gates_markdown, results_markdown
+    from ple_platform.core.model.assessment import assess_teacher, gates_markdown, results_markdown
 
     month = date.fromisoformat(context.partition_key)
     store = artifacts.store()
