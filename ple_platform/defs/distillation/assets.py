@@ -20,6 +20,7 @@ from ple_platform.core.distillation.bundle import (
     student_latest_key,
     student_meta_key,
     student_model_key,
+    write_bundle_pointer,
 )
 from ple_platform.core.distillation.dataset import DistillationData, build_distillation_data
 from ple_platform.core.distillation.fidelity import FidelityThresholds, fidelity
@@ -31,6 +32,7 @@ from ple_platform.core.model.baselines import DEFAULT_PARAMS, MANY_CLASS_OVERRID
 from ple_platform.core.model.evaluate import evaluate_predictions
 from ple_platform.core.model.teacher import load_teacher
 from ple_platform.core.progress import milestone
+from ple_platform.core.reporting import json_ready, md_table  # NaN/inf -> None: the registry and audit log refuse NaN
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.spec import TASKS, TaskSpec
 from ple_platform.core.warehouse import partition_content_hash
@@ -51,17 +53,6 @@ from ple_platform.defs.training.assets import teacher_checkpoint_key
 CODE_VERSION = source_version("ple_platform.core.distillation", "ple_platform.core.model", __name__)
 
 FIDELITY_CHECK = "fidelity_to_teacher"
-
-
-def _jsonable(obj):
-    """NaN/inf -> None so the JSON is strict (the registry and audit log refuse NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 @dg.asset(
@@ -118,12 +109,10 @@ class StudentRunConfig(dg.Config):
 
 
 def _student_md(task: str, decision: dict, fid: dict, test: dict) -> str:
-    lines = [f"**route: {decision['route']}** — {decision['reason']}", "", "| fidelity metric | value | passed |",
-             "|---|---|---|"]
-    for name, value in fid["metrics"].items():
-        passed = fid["checks"].get(name)
-        lines.append(f"| {name} | {value:.4f} | {'' if passed is None else passed} |" if isinstance(value, float)
-                     else f"| {name} | {value} | {'' if passed is None else passed} |")
+    rows = [(name, f"{value:.4f}" if isinstance(value, float) else value,
+             "" if fid["checks"].get(name) is None else fid["checks"][name]) for name, value in fid["metrics"].items()]
+    lines = [f"**route: {decision['route']}** — {decision['reason']}", "",
+             md_table(["fidelity metric", "value", "passed"], rows)]
     metric = next(t.primary_metric for t in TASKS if t.name == task)
     m = test.get(metric, {})
     lines += ["", f"test-month {metric}: {m.get('value', float('nan')):.4f} "
@@ -178,7 +167,7 @@ def build_student_asset(spec: TaskSpec) -> dg.AssetsDefinition:
         test_metrics = evaluate_predictions({spec.name: te.labels[spec.name]}, {spec.name: pred},
                                             n_boot=config.n_boot, seed=0)[spec.name]
         decision = fitted.decision.to_dict()
-        meta = _jsonable({"student": student.to_dict(), "routing": decision, "validation": fitted.validation,
+        meta = json_ready({"student": student.to_dict(), "routing": decision, "validation": fitted.validation,
                           "fidelity": {**fid, "applicable": applicable, "check_passed": passed},
                           "test": test_metrics, "model_month": month.isoformat()})
         sha = student.model_sha256
@@ -260,7 +249,7 @@ def model_bundle(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         teacher_sha256=teacher_sha, code_version=payload["code_version"],
         train_months=tuple(date.fromisoformat(m) for m in split["train"]),
         validation_month=date.fromisoformat(split["validation"]), test_month=date.fromisoformat(split["test"]),
-        students=students, routing={t: _jsonable(m["routing"]) for t, m in metas.items()},
+        students=students, routing={t: json_ready(m["routing"]) for t, m in metas.items()},
         feature_hashes=feature_hashes, run_id=context.run.run_id,
     )
     registry = governance.registry()
@@ -268,12 +257,13 @@ def model_bundle(context: dg.AssetExecutionContext, warehouse: WarehouseResource
     governance.audit_log().append(AuditEvent.REGISTRATION, version, {
         "bundle_sha256": bundle_sha, "model_month": month.isoformat(), "run_id": context.run.run_id,
         "teacher_sha256": teacher_sha, "routes": {t: s.route.value for t, s in students.items()}})
-    store.put(f"bundles/{month.isoformat()}/bundle.json", json.dumps({"version": version}).encode())
-    routes = "\n".join(f"| {t} | {s.route.value} | {s.metrics['fidelity_passed']} |" for t, s in students.items())
+    write_bundle_pointer(store, month, version)
+    routes = md_table(["task", "route", "fidelity check"],
+                      [(t, s.route.value, s.metrics["fidelity_passed"]) for t, s in students.items()])
     return dg.MaterializeResult(
         metadata={"version": version, "bundle_sha256": bundle_sha, "teacher_sha256": teacher_sha,
                   "code_version": payload["code_version"],
-                  "routing": dg.MetadataValue.md("| task | route | fidelity check |\n|---|---|---|\n" + routes),
+                  "routing": dg.MetadataValue.md(routes),
                   "feature_hashes": dg.MetadataValue.json(feature_hashes)},
         data_version=dg.DataVersion(bundle_sha),
     )

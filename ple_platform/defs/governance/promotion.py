@@ -19,7 +19,8 @@ from datetime import date
 
 import dagster as dg
 
-from ple_platform.core.distillation.bundle import distillation_dataset_key, load_bundle_students, predict_bundle
+from ple_platform.core.distillation.bundle import (bundle_version_for, distillation_dataset_key, load_bundle_students,
+                                                   predict_bundle)
 from ple_platform.core.distillation.dataset import DistillationData
 from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.core.governance.promotion.challenger import evaluate_challenger
@@ -33,10 +34,11 @@ from ple_platform.core.governance.promotion.flow import (
     execute_promotion,
     judge_challenger,
 )
+from ple_platform.core.reporting import json_ready, md_table
 from ple_platform.core.tasks.spec import TASKS
 from ple_platform.core.warehouse import customer_attributes
 from ple_platform.core.versioning import source_version
-from ple_platform.defs.distillation.assets import FIDELITY_CHECK, _jsonable
+from ple_platform.defs.distillation.assets import FIDELITY_CHECK
 from ple_platform.defs.automation import MODEL_CHAIN
 from ple_platform.defs.core_defaults import core_default
 from ple_platform.defs.partitions import MONTHLY
@@ -50,10 +52,6 @@ CODE_VERSION = source_version("ple_platform.core.governance.promotion", __name__
 SENSOR_INTERVAL_SECONDS = int(os.environ.get("PLE_SENSOR_INTERVAL_SECONDS", "30"))
 
 
-def bundle_version_for(store, month: date) -> str:
-    return json.loads(store.get(f"bundles/{month.isoformat()}/bundle.json"))["version"]
-
-
 def evaluation_key(month: date) -> str:
     return f"governance/{month.isoformat()}/challenger_evaluation.json"
 
@@ -65,7 +63,7 @@ class ChallengerEvaluationConfig(dg.Config):
 
 
 def _comparison_md(ev: dict) -> str:
-    lines = ["| task | metric | challenger | champion | difference [95% CI] |", "|---|---|---|---|---|"]
+    rows = []
     for spec in TASKS:
         m = spec.primary_metric
         ch = ev["challenger"].get(spec.name, {}).get(m, {}).get("value")
@@ -73,8 +71,8 @@ def _comparison_md(ev: dict) -> str:
         d = (ev.get("difference") or {}).get(spec.name, {}).get(m, {})
         fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
         diff = "–" if not d or d.get("value") is None else f"{d['value']:+.4f} [{fmt(d.get('lo'))}, {fmt(d.get('hi'))}]"
-        lines.append(f"| {spec.name} | {m} | {fmt(ch)} | {fmt(cp)} | {diff} |")
-    return "\n".join(lines)
+        rows.append((spec.name, m, fmt(ch), fmt(cp), diff))
+    return md_table(["task", "metric", "challenger", "champion", "difference [95% CI]"], rows)
 
 
 @dg.asset(
@@ -112,7 +110,7 @@ def challenger_evaluation(context: dg.AssetExecutionContext, config: ChallengerE
     evaluation = evaluate_challenger(part.labels, challenger_preds, champion_preds, groups, n_boot=config.n_boot,
                                      min_group_size=config.min_group_size)
     checks = {f"student_{t}/{FIDELITY_CHECK}": bool(s.metrics.get("fidelity_passed")) for t, s in bundle.students.items()}
-    evaluation = _jsonable({**evaluation, "version": version, "champion_version": champion.version if champion else None,
+    evaluation = json_ready({**evaluation, "version": version, "champion_version": champion.version if champion else None,
                             "test_month": bundle.test_month.isoformat(), "checks": checks,
                             "bundle_sha256": bundle.bundle_sha256})
     payload = json.dumps(evaluation, sort_keys=True).encode()

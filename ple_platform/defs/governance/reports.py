@@ -12,6 +12,7 @@ import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
 from ple_platform.core.governance.audit.log import AuditEvent, AuditIntegrityError
+from ple_platform.core.reporting import md_table
 from ple_platform.core.recommend.monthly import (
     LANGS,
     TABLE,
@@ -77,8 +78,8 @@ def recommendations(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     governance.audit_log().append(AuditEvent.RECOMMENDATION, f"recommendations/{month.isoformat()}", {
         "version": bundle.version, "bundle_sha256": bundle.bundle_sha256, "n": n, "customers": batch.customers,
         "content_hash": content_hash, "run_id": context.run.run_id}, actor=f"dagster-run:{context.run.run_id}")
-    md_sample = "| customer | rank | product | score | reason (en) |\n|---|---|---|---|---|\n" + "\n".join(
-        f"| {c[:10]}… | {r} | {p} | {s} | {t.replace('|', '/')} |" for c, r, p, s, t in sample)
+    md_sample = md_table(["customer", "rank", "product", "score", "reason (en)"],
+                         [(f"{c[:10]}…", r, p, s, t) for c, r, p, s, t in sample])
     n_reasons = batch.n_reasons
     return dg.MaterializeResult(
         metadata={"dagster/row_count": n, "rows": n, "customers": batch.customers,
@@ -101,11 +102,9 @@ class ComplianceReportConfig(dg.Config):
 
 
 def _checklist_md(report: dict) -> str:
-    lines = ["| control | status | first finding |", "|---|---|---|"]
-    for c in report["checklist"]:
-        detail = (c["detail"][0] if c["detail"] else "").replace("|", "/")
-        lines.append(f"| {c['id']} {c['title_en']} | {c['status']} | {detail} |")
-    return "\n".join(lines)
+    return md_table(["control", "status", "first finding"],
+                    [(f"{c['id']} {c['title_en']}", c["status"], c["detail"][0] if c["detail"] else "")
+                     for c in report["checklist"]])
 
 
 @dg.asset(

@@ -9,7 +9,6 @@ collected per month anywhere yet, so ``serving_health`` reads "insufficient" unt
 """
 
 import json
-from datetime import date
 
 import dagster as dg
 

@@ -21,6 +21,7 @@ from ple_platform.core.tasks.labels import (
     write_labels,
 )
 from ple_platform.core.tasks.spec import TASKS
+from ple_platform.core.reporting import md_table
 from ple_platform.core.warehouse import partition_content_hash
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.automation import LABELS
@@ -35,7 +36,7 @@ CHECK = "every_task_learnable"
 
 
 def _summary_md(summary: dict[str, dict]) -> str:
-    lines = ["| task | rows | null rate | rate / classes / mean±std |", "|---|---|---|---|"]
+    rows = []
     for name, s in summary.items():
         if "positive_rate" in s:
             stat = f"{s['positive_rate']:.2%} positive"
@@ -43,8 +44,8 @@ def _summary_md(summary: dict[str, dict]) -> str:
             stat = f"{s['n_classes_present']} classes, majority {s['majority_share']:.1%}"
         else:
             stat = f"{s['mean']:.3f} ± {s['std']:.3f}"
-        lines.append(f"| {name} | {s['rows']} | {s['null_rate']:.1%} | {stat} |")
-    return "\n".join(lines)
+        rows.append((name, s["rows"], f"{s['null_rate']:.1%}", stat))
+    return md_table(["task", "rows", "null rate", "rate / classes / mean±std"], rows)
 
 
 @dg.asset(

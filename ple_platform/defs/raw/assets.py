@@ -25,6 +25,7 @@ from ple_platform.core.warehouse import (
 )
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.core.governance.audit.log import AuditEvent
+from ple_platform.core.reporting import md_table
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.resources import (
     GovernanceResource,
@@ -60,8 +61,8 @@ def _insert_select(table: str, validated_sql: str, key: bytes) -> str:
 
 
 def _null_rate_table(rates: dict[str, float]) -> str:
-    rows = [f"| {c} | {r:.1%} |" for c, r in rates.items() if c not in ("customer_id", "month")]
-    return "| column | null rate |\n|---|---|\n" + "\n".join(rows)
+    return md_table(["column", "null rate"], [(c, f"{r:.1%}") for c, r in rates.items()
+                                              if c not in ("customer_id", "month")])
 
 
 def _column_schema(table: str) -> dg.TableSchema:

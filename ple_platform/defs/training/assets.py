@@ -17,6 +17,7 @@ from ple_platform.core.model.assessment_settings import AssessmentSettings
 from ple_platform.core.model.baselines import DEFAULT_PARAMS
 from ple_platform.core.model.ple_config import PLEConfig
 from ple_platform.core.model.teacher import TeacherSettings, code_version, fit_teacher, teacher_checkpoint_key
+from ple_platform.core.reporting import json_ready, md_table
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.split import SplitError
 from ple_platform.defs.gpu import GPU_OP_TAGS
@@ -44,8 +45,8 @@ class TeacherRunConfig(dg.Config):
 
 
 def _md_metrics(metrics: dict[str, float]) -> str:
-    rows = [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if "/" in k or k in ("composite", "mean_binary_auc")]
-    return "| validation metric | value |\n|---|---|\n" + "\n".join(rows)
+    return md_table(["validation metric", "value"], [(k, f"{v:.4f}") for k, v in sorted(metrics.items())
+                                                      if "/" in k or k in ("composite", "mean_binary_auc")])
 
 
 @dg.asset(
@@ -124,16 +125,6 @@ class EvaluationRunConfig(dg.Config):
     train_vanilla_ple: bool = core_default(AssessmentSettings, "train_vanilla")
 
 
-def _round(obj):
-    if isinstance(obj, float):
-        return round(obj, 5)
-    if isinstance(obj, dict):
-        return {k: _round(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_round(v) for v in obj]
-    return obj
-
-
 @dg.asset(
     group_name="training",
     partitions_def=MONTHLY,
@@ -164,7 +155,7 @@ def teacher_evaluation(context: dg.AssetExecutionContext, config: EvaluationRunC
     workdir = Path(tempfile.gettempdir()) / "ple_teacher_evaluation" / month.isoformat()
     with warehouse.get_connection() as con:
         result = assess_teacher(con, checkpoint, workdir, settings)
-    payload = json.dumps(_round(result), sort_keys=True, default=str).encode()
+    payload = json.dumps(json_ready(result, "teacher_evaluation", digits=5), sort_keys=True).encode()
     uri, sha = store.put(f"teacher/{month.isoformat()}/evaluation.json", payload)
     goal = result["goal"]
     return dg.MaterializeResult(

@@ -73,6 +73,7 @@ import jinja2
 import numpy as np
 
 from ple_platform.core.features.spec import CATEGORICAL_COLUMNS, EXPERTS, FEATURE_GROUPS
+from ple_platform.core.reporting import json_ready
 from ple_platform.core.stats import PSI_ALERT, PSI_WARN  # the one threshold set, for rows without a status
 from ple_platform.core.governance.compliance.fairness import AIR_FLOOR  # four-fifths rule
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
@@ -216,30 +217,7 @@ def _canonical(obj: Any) -> str:
 
 def _jsonable(x: Any, where: str) -> Any:
     """Plain-JSON copy of ``x``; non-finite floats become None. Unknown types raise naming the location."""
-    if x is None or isinstance(x, (bool, str)):
-        return x
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    if isinstance(x, (datetime, date)):
-        return x.isoformat()
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, np.ndarray):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(x.tolist())]
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(x)]
-    if isinstance(x, (set, frozenset)):
-        return [_jsonable(v, f"{where}[]") for v in sorted(x, key=str)]
-    if hasattr(x, "to_dict"):
-        return _jsonable(x.to_dict(), where)
-    raise ReportEvidenceError(f"evidence {where}: value of type {type(x).__name__} is not JSON-serialisable")
+    return json_ready(x, f"evidence {where}", error=ReportEvidenceError)
 
 
 def _month(value: Any, where: str) -> date:
