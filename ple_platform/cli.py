@@ -6,6 +6,7 @@
     ple-platform registry                   # model versions, champion history, decisions with reasons
     ple-platform approve v2016.05-1a2b3c4d5e --approver risk.officer@bank --note "reviewed fairness"
     ple-platform audit verify               # OK, or the first broken entry (exit 1)
+    ple-platform recover                    # after a killed run: fail it and free its warehouse pool slot
     ple-platform lineage <recommendation-id | model-version>
 """
 
@@ -22,6 +23,11 @@ from pathlib import Path
 
 from ple_platform.core.data.schema import month_range, parse_month
 from ple_platform.core.settings import Settings, SettingsError
+from ple_platform.run_recovery import launch_tags, recover_dead_runs, slot_holders
+
+
+class UsageError(ValueError):
+    """A mistake in how a command was called (bad month, unknown group, bad option): one line, exit code 2."""
 
 DEMO_GROUPS = ("raw", "features", "labels")
 DEMO_MODEL_MONTHS = 2  # the model chain runs for the newest months (the first becomes champion, the next challenges)
@@ -44,18 +50,21 @@ DEMO_RUN_CONFIG = {
 
 def _months(spec: str | None, settings: Settings, within_partitions: bool = False) -> list[date]:
     """The months of ``YYYY-MM..YYYY-MM`` (or one month); a reversed range, or with ``within_partitions`` a month
-    outside the configured partitions, is a ``ValueError`` naming the month and the valid range."""
+    outside the configured partitions, is a ``UsageError`` naming the month and the valid range."""
     if not spec:
         return month_range(settings.start_month, settings.end_month)
     start, sep, end = spec.partition("..")
-    first, last = parse_month(start), parse_month(end if sep else start)
+    try:
+        first, last = parse_month(start), parse_month(end if sep else start)
+    except ValueError as err:
+        raise UsageError(f"--months {spec}: {err}") from None
     if last < first:
-        raise ValueError(f"--months {spec}: the range is reversed ({last:%Y-%m} is before {first:%Y-%m}); "
+        raise UsageError(f"--months {spec}: the range is reversed ({last:%Y-%m} is before {first:%Y-%m}); "
                          f"write it as {last:%Y-%m}..{first:%Y-%m}")
     if within_partitions:
         for month in (first, last):
             if not settings.start_month <= month <= settings.end_month:
-                raise ValueError(f"--months {spec}: {month:%Y-%m} is outside the configured partitions "
+                raise UsageError(f"--months {spec}: {month:%Y-%m} is outside the configured partitions "
                                  f"{settings.start_month:%Y-%m}..{settings.end_month:%Y-%m} "
                                  "(PLE_START_MONTH/PLE_END_MONTH)")
     return month_range(first, last)
@@ -68,7 +77,7 @@ def _check_groups(groups: list[str]) -> None:
     known = {g for a in load_definitions().assets or [] for g in getattr(a, "group_names_by_key", {}).values()}
     unknown = [g for g in groups if g not in known]
     if unknown:
-        raise ValueError(f"--group {' '.join(unknown)}: unknown asset group (known: {', '.join(sorted(known))})")
+        raise UsageError(f"--group {' '.join(unknown)}: unknown asset group (known: {', '.join(sorted(known))})")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -77,7 +86,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     out = Path(args.out) if args.out else settings.landing_path
     months = _months(args.months, settings)
-    config = SyntheticConfig(n_customers=args.customers, start_month=months[0], n_months=len(months), seed=args.seed)
+    try:
+        config = SyntheticConfig(n_customers=args.customers, start_month=months[0], n_months=len(months),
+                                 seed=args.seed)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     t0 = time.perf_counter()
     summary = generate(config, out, progress=lambda msg: print(f"  {msg}", flush=True))
     print(f"generated {summary.get('total_rows', summary)} into {out} in {time.perf_counter() - t0:.1f}s")
@@ -128,13 +141,25 @@ def _materialize(selection, month: date | None, run_config: dict | None = None, 
     from ple_platform.progress_view import terminal_progress
 
     defs = load_definitions()
-
+    instance = dg.DagsterInstance.get()
+    _before_launch(instance)
     config = {**(run_config or {}), **QUIET_LOGGERS}
     with terminal_progress():
         return dg.materialize(list(defs.assets or []), selection=selection,
                               partition_key=month.isoformat() if month else None,
-                              instance=dg.DagsterInstance.get(), resources=defs.resources, run_config=config,
-                              raise_on_error=False, tags={"ple/launched_by": "cli", **(tags or {})})
+                              instance=instance, resources=defs.resources, run_config=config,
+                              raise_on_error=False, tags={"ple/launched_by": "cli", **launch_tags(), **(tags or {})})
+
+
+def _before_launch(instance, echo=print) -> None:
+    """Release what dead runs hold, and say what a run will wait for if the warehouse pool is taken."""
+    from ple_platform.defs.raw.assets import WAREHOUSE_POOL
+
+    recover_dead_runs(instance, echo=lambda line: echo(f"    {line}"))
+    holders = slot_holders(instance, WAREHOUSE_POOL)
+    if holders:
+        echo(f"    waiting for pool {WAREHOUSE_POOL} (one warehouse writer at a time), held by {'; '.join(holders)}; "
+             "Ctrl-C stops waiting; `ple-platform recover` frees slots of dead runs")
 
 
 def materialize_groups(groups: list[str], months: list[date], echo=print) -> bool:
@@ -283,6 +308,15 @@ def _governance():
     return Registry(store), AuditLog(store, audit_key())
 
 
+def cmd_recover(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    done = recover_dead_runs(dg.DagsterInstance.get())
+    if not done:
+        print("nothing to recover: no dead run holds a pool slot")
+    return 0
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from ple_platform.core.governance.audit.log import verify_text
 
@@ -317,16 +351,46 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_lineage(args: argparse.Namespace) -> int:
+class WarehouseBusy(RuntimeError):
+    """The warehouse stayed locked by a writing process for longer than the command waits."""
+
+
+LINEAGE_WAIT_S = 300.0
+
+
+def read_only_warehouse(path: str | Path, wait_s: float = LINEAGE_WAIT_S, poll_s: float = 2.0, echo=None):
+    """A read-only DuckDB connection to the warehouse, waiting while a materialization holds its write lock.
+
+    DuckDB lets one process write a file and refuses every other connection meanwhile; a reader that only needs a
+    consistent view waits for the writer (saying so once, Ctrl-C stops it) instead of failing with DuckDB's
+    traceback, and after ``wait_s`` gives up with one line naming the file."""
     import duckdb
 
+    echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=True)
+        except duckdb.IOException as err:
+            if "lock" not in str(err).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise WarehouseBusy(f"the warehouse {path} is locked by a running materialization; waited "
+                                    f"{wait_s:.0f} s — rerun when it ends (runs: make ui)") from None
+            if not said:
+                echo(f"waiting for the warehouse {path}: a materialization is writing it (Ctrl-C to stop)")
+                said = True
+            time.sleep(poll_s)
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
     from ple_platform.core.governance.audit.lineage import render_text, walk
     from ple_platform.core.storage import artifact_store_from_uri
 
     settings = Settings.from_env()
     registry, audit = _governance()
     store = artifact_store_from_uri(settings.artifacts_uri, settings.s3_endpoint_url)
-    with duckdb.connect(settings.warehouse_path, read_only=True) as con:
+    with read_only_warehouse(settings.warehouse_path, wait_s=LINEAGE_WAIT_S) as con:
         print(render_text(walk(registry, audit, con, store, args.ident)))
     return 0
 
@@ -376,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--months", help="YYYY-MM..YYYY-MM (default: all)")
     m.set_defaults(func=cmd_materialize)
 
+    rc = sub.add_parser("recover", help="fail runs whose process was killed and free the pool slots they hold")
+    rc.set_defaults(func=cmd_recover)
+
     r = sub.add_parser("registry", help="model versions, decisions with reasons, champion history")
     r.set_defaults(func=cmd_registry)
 
@@ -402,14 +469,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """What a user can cause and fix without touching the code: call mistakes, settings and keys, unknown registry
+    versions or lineage ids, a busy or invalid governance store, a raw month the validation rules refuse."""
+    from ple_platform.core.data.validation import RawDataError
+    from ple_platform.core.governance.audit.lineage import LineageError
+    from ple_platform.core.governance.audit.log import AuditLogError
+    from ple_platform.core.governance.audit.store import GovernanceLockTimeout, GovernanceStoreError
+    from ple_platform.core.governance.promotion.flow import PromotionFlowError
+    from ple_platform.core.governance.promotion.registry import RegistryError
     from ple_platform.core.secrets import MissingSecretError
 
+    return (UsageError, SettingsError, MissingSecretError, RegistryError, PromotionFlowError, LineageError,
+            AuditLogError, GovernanceStoreError, GovernanceLockTimeout, RawDataError, WarehouseBusy)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SettingsError, ValueError, MissingSecretError) as err:
-        # A user error: one line saying what and why (no traceback), exit code 2.
+    except _user_errors() as err:
+        # A user error: one line saying what and why (no traceback), exit code 2. Anything else is a defect and
+        # keeps its traceback.
         print(f"ple-platform {args.command}: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 

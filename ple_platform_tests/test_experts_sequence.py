@@ -61,9 +61,9 @@ def _batch(lengths, counts=None, seed=0):
     return batch
 
 
-def _temporal(seed=0):
+def _temporal(seed=0, mamba_branch="trainable"):
     torch.manual_seed(seed)
-    return TemporalEnsemble(out_dim=8, **SMALL).eval()
+    return TemporalEnsemble(out_dim=8, mamba_branch=mamba_branch, **SMALL).eval()
 
 
 def _perslay(seed=0):
@@ -92,8 +92,9 @@ def test_temporal_deterministic_given_seed():
         assert torch.equal(_temporal(3)(batch), _temporal(3)(batch))
 
 
-def test_temporal_order_matters():
-    m = _temporal()
+@pytest.mark.parametrize("mode", ["trainable", "cached"])
+def test_temporal_order_matters(mode):
+    m = _temporal(mamba_branch=mode)
     batch = _batch([40, 25])
     perm = batch["txn_seq"].clone()
     # Same events at the same timestamps, contents (amount, mcc, hour) in a different order.
@@ -104,8 +105,36 @@ def test_temporal_order_matters():
         base, branches = m(batch), m.branch_outputs(batch)
         moved, branches_p = m(dict(batch, txn_seq=perm)), m.branch_outputs(dict(batch, txn_seq=perm))
     assert (base - moved).abs().max() > 1e-4
-    for name, a, b in zip(BRANCHES, branches, branches_p):  # every branch is order-aware
-        assert (a - b).abs().max() > 1e-4, name
+    for name, a, b in zip(BRANCHES, branches, branches_p):  # every branch that reads the sequence is order-aware
+        if mode == "cached" and name == "mamba":
+            _close(a, b, atol=0.0)  # the cached branch reads the pre-computed encoder output, not the sequence
+        else:
+            assert (a - b).abs().max() > 1e-4, name
+
+
+def test_cached_mamba_branch_follows_the_encoder_output_group():
+    """The default branch reads the pre-trained encoder's per-customer output (the mamba_temporal group): the branch
+    moves with that group, and the expert's output with it, while a trainable branch would ignore a changed group
+    in its sequence view."""
+    m = _temporal(mamba_branch="cached")
+    batch = _batch([40, 25])
+    other = dict(batch, mamba_temporal=batch["mamba_temporal"] + 1.0)
+    with torch.no_grad():
+        a, b = m.branch_outputs(batch)[0], m.branch_outputs(other)[0]
+        assert (a - b).abs().min() > 0 and (m(batch) - m(other)).abs().max() > 1e-4
+    from ple_platform.core.features.mamba import MambaEncoder
+
+    assert not any(isinstance(x, MambaEncoder) for x in m.modules())  # no scan is trained with the teacher
+    assert any(isinstance(x, MambaEncoder) for x in _temporal(mamba_branch="trainable").modules())
+
+
+def test_cached_mamba_branch_needs_its_group_routed():
+    from ple_platform.core.model.batch import Router
+
+    router = Router(groups=tuple(g for g in FEATURE_GROUPS if g.name != "mamba_temporal"))
+    with pytest.raises(ValueError, match="mamba_temporal"):
+        TemporalEnsemble(router=router, out_dim=8, **SMALL)
+    TemporalEnsemble(router=router, out_dim=8, mamba_branch="trainable", **SMALL)  # the trainable branch does not
 
 
 def test_temporal_day_gaps_matter_ltc():
@@ -153,8 +182,9 @@ def test_temporal_padding_invariant(grad):
         _close(full[2:3], m(empty))
 
 
-def test_temporal_gradients_reach_every_branch():
-    m = _temporal().train()
+@pytest.mark.parametrize("mode", ["trainable", "cached"])
+def test_temporal_gradients_reach_every_branch(mode):
+    m = _temporal(mamba_branch=mode).train()
     m(_batch([50, 9, 0])).pow(2).sum().backward()
     for name in ("mamba", "tokens", "patch", "ltc", "gate", "static", "head"):
         params = list(getattr(m, name).named_parameters())

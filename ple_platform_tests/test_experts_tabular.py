@@ -156,6 +156,79 @@ def test_causal_learns_a_dag_and_does_not_collapse():
     assert w0.abs().max() < 0.05 and recon0 > 0.95
 
 
+def _relative_change(y, y2):
+    """Size of a change in the outputs relative to how much the outputs vary across customers."""
+    return float((y - y2).norm() / (y - y.mean(dim=0)).norm())
+
+
+def test_causal_prediction_goes_through_the_learned_edges():
+    w, _, _ = _fit_structure(recon_weight=1.0)
+    torch.manual_seed(1)
+    model = CausalExpert(n_latent=3, recon_weight=1.0)
+    batch, proj = _dag_batch()
+    with torch.no_grad():  # same latents and fitted DAG as the structure test; the head keeps its random init
+        model.encoder.weight.copy_(torch.linalg.pinv(proj).T)
+        model.encoder.bias.zero_()
+        model.w.copy_(w)
+    model.train()
+    model(batch)  # running statistics of the latents
+    for _ in range(20):
+        model(batch)
+    model.eval()
+    with torch.no_grad():
+        y = model(batch)
+        a = model.adjacency().abs()
+        strongest = divmod(int(a.argmax()), 3)
+        kept = model.prune(0.3)  # NOTEARS' threshold: the two chain edges survive
+        assert kept == 2
+        zero = next((i, j) for i in range(3) for j in range(3) if i != j and model.adjacency()[i, j] == 0)
+        y_pruned = model(batch)
+        model.remove_edge(*zero)  # an edge that is already absent changes nothing
+        assert torch.equal(model(batch), y_pruned)
+        model.remove_edge(*strongest)  # the largest learned edge
+        y_cut = model(batch)
+        assert _relative_change(y_pruned, y_cut) > 0.3
+        # With every edge gone nothing about the customer reaches the head: the output is one constant row.
+        for i in range(3):
+            for j in range(3):
+                model.remove_edge(i, j)
+        y_none = model(batch)
+    assert float(y_none.std(dim=0).max()) < 1e-6 and float(y.std(dim=0).max()) > 1e-2
+    assert _relative_change(y, y_pruned) < _relative_change(y, y_cut)  # weak edges matter less than a strong one
+    # The cut survives a save/load round trip (the mask is part of the state).
+    clone = CausalExpert(n_latent=3)
+    clone.load_state_dict(model.state_dict())
+    assert torch.equal(clone.adjacency(), torch.zeros(3, 3))
+    with pytest.raises(IndexError, match="outside the 3 latents"):
+        model.remove_edge(3, 0)
+
+
+def test_causal_trains_end_to_end_through_an_acyclic_structure():
+    """Task loss + structural loss together (the task gradient also reaches W): the task is learned, h(W) still
+    goes to ~0, and the fit depends on the learned edges."""
+    torch.manual_seed(0)
+    model = CausalExpert(n_latent=3, out_dim=1, hidden_dim=16, dropout=0.0)
+    batch, proj = _dag_batch()
+    z = torch.cat(list(batch.values()), dim=1) @ torch.linalg.pinv(proj)
+    y = (z[:, 2] + 0.5 * z[:, 0]).unsqueeze(1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for step in range(400):
+        loss = torch.nn.functional.mse_loss(model(batch), y) + model.aux_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 24:
+            model.update_lagrangian()
+    model.eval()
+    with torch.no_grad():
+        fit = float(torch.nn.functional.mse_loss(model(batch), y) / y.var())
+        assert fit < 0.05 and float(acyclicity(model.adjacency())) < 5e-3
+        a = model.adjacency().abs()
+        model.remove_edge(*divmod(int(a.argmax()), 3))
+        cut = float(torch.nn.functional.mse_loss(model(batch), y) / y.var())
+    assert cut > 10 * fit and cut > 0.1
+
+
 def test_causal_aux_loss_adjacency_and_lagrangian():
     torch.manual_seed(0)
     model = CausalExpert()
@@ -172,7 +245,7 @@ def test_causal_aux_loss_adjacency_and_lagrangian():
     assert first["alpha"] > 0 and first["rho"] == rho0  # the first step only sets alpha
     second = model.update_lagrangian()  # h did not shrink: rho grows
     assert second["rho"] == 2 * rho0 and second["alpha"] > first["alpha"]
-    assert {"alpha", "rho", "h_prev"} <= set(model.state_dict())
+    assert {"alpha", "rho", "h_prev", "edge_mask"} <= set(model.state_dict())
 
 
 # ---------------------------------------------------------------- Optimal transport

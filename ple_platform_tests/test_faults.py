@@ -246,6 +246,50 @@ def test_fit_artifacts_are_byte_identical_across_runs(tmp_path):
     assert metas[0]["metrics"]["epochs"] == 3
 
 
+def test_a_fit_is_recomputed_when_an_input_month_changes_and_reused_when_it_does_not(tmp_path):
+    """Fit lineage: a fit stores the content hashes of the raw partitions it was computed from; a month re-ingested
+    with other rows (a corrected bad month) gets a new fit, an identical re-ingest reuses the stored one."""
+    import duckdb
+    import numpy as np
+
+    from ple_platform.core.features.fits import FitStore
+    from ple_platform.core.storage import artifact_store_from_uri
+    from ple_platform.core.warehouse import (ensure_raw_table, partition_content_hash, record_partition_hash,
+                                             replace_partition)
+
+    from datetime import date
+
+    store = artifact_store_from_uri(str(tmp_path / "artifacts"))
+    months = [date(2015, 1, 1), date(2015, 2, 1)]
+    calls = []
+
+    def fit():
+        calls.append(1)
+        return {"w": np.arange(3, dtype=np.float32)}, {}
+
+    def ingest(con, month, income):
+        qualified = ensure_raw_table(con, "customers")
+        n = replace_partition(con, qualified, month,
+                              f"BY NAME SELECT 'c1' AS customer_id, DATE '{month}' AS month, {income} AS income")
+        record_partition_hash(con, qualified, month, partition_content_hash(con, qualified, month), n)
+
+    with duckdb.connect(str(tmp_path / "w.duckdb")) as con:
+        for m in months:
+            ingest(con, m, 100.0)
+        fits = FitStore(store, con)
+        assert not fits.get_or_fit("g", "2015-02-01", months, fit)[1].reused
+        assert fits.get_or_fit("g", "2015-02-01", months, fit)[1].reused and len(calls) == 1
+        ingest(con, months[1], 100.0)  # identical rows again: same lineage
+        assert fits.get_or_fit("g", "2015-02-01", months, fit)[1].reused and len(calls) == 1
+        ingest(con, months[1], 250.0)  # the month corrected (or replaced): the fit must not be reused
+        record = fits.get_or_fit("g", "2015-02-01", months, fit)[1]
+        assert not record.reused and len(calls) == 2
+        # A month without a recorded hash is hashed from its rows, so a direct write is caught too.
+        con.execute("DELETE FROM raw.partition_hashes")
+        con.execute("UPDATE raw.customers SET income = 999 WHERE month = ?", [months[0]])
+        assert not fits.get_or_fit("g", "2015-02-01", months, fit)[1].reused and len(calls) == 3
+
+
 # --- audit: emptied, missing, rolled back, wrong path, forged anchor, broken middle -------------------------------
 
 
@@ -349,3 +393,142 @@ def test_an_intact_anchored_log_still_verifies_and_extends(tmp_path):
     log.append_many([("report", "r", {"k": 1}, "system")] * 3)
     result = _fresh(db).verify()
     assert result.ok and result.n_entries == 7, result.reason
+
+
+def _hold_write_lock(path, seconds):
+    """A separate process holding DuckDB's write lock on ``path`` (DuckDB locks per process)."""
+    import subprocess
+    import sys
+
+    code = ("import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); "
+            "con.execute('CREATE TABLE IF NOT EXISTS t AS SELECT 1 AS x'); print('locked', flush=True); "
+            "time.sleep(float(sys.argv[2]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_lineage_waits_for_a_writer_and_then_reads(tmp_path):
+    from ple_platform.cli import read_only_warehouse
+
+    db = tmp_path / "warehouse.duckdb"
+    writer = _hold_write_lock(db, 1.5)
+    said = []
+    with read_only_warehouse(db, wait_s=30, poll_s=0.2, echo=said.append) as con:
+        assert con.execute("SELECT x FROM t").fetchone() == (1,)
+    writer.wait()
+    assert len(said) == 1 and "a materialization is writing it" in said[0]
+
+
+def test_lineage_against_a_locked_warehouse_is_one_line_exit_2(cli_env, capsys, monkeypatch):
+    import ple_platform.cli as cli
+
+    db = cli_env / "warehouse.duckdb"
+    monkeypatch.setenv("PLE_WAREHOUSE", str(db))
+    monkeypatch.setattr(cli, "LINEAGE_WAIT_S", 0.5)
+    writer = _hold_write_lock(db, 20)
+    try:
+        assert cli.main(["lineage", "v2016.05-deadbeef00"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "Traceback" not in "\n".join(err)
+        assert err[-1].startswith("ple-platform lineage: ") and "is locked by a running materialization" in err[-1]
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_defect_is_not_reported_as_a_user_error(cli_env, monkeypatch):
+    """Only errors a user can fix are one-line exit 2; an unexpected ValueError from inside keeps its traceback."""
+    import ple_platform.cli as cli
+
+    def broken(args):
+        raise ValueError("bug deep inside")
+
+    monkeypatch.setattr(cli, "cmd_registry", broken)
+    with pytest.raises(ValueError, match="bug deep inside"):
+        cli.main(["registry"])
+
+
+_HOLD_POOL = """
+import time, dagster as dg
+from ple_platform.run_recovery import launch_tags
+
+@dg.asset(pool="duckdb_warehouse")
+def holds_the_warehouse():
+    print("holding", flush=True)
+    time.sleep(600)
+
+dg.materialize([holds_the_warehouse], instance=dg.DagsterInstance.get(), tags=launch_tags())
+"""
+
+
+def test_a_killed_run_is_recovered_and_the_next_run_gets_the_pool(tmp_path, monkeypatch):
+    """SIGKILL a run holding the warehouse pool: its slot stays claimed (the defect); recovery fails the dead run
+    with a message naming the pid, frees the slot, and the next run of a pool asset completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import dagster as dg
+
+    from ple_platform.run_recovery import recover_dead_runs
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_POOL], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "DAGSTER_HOME": str(home)})
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    with dg.DagsterInstance.get() as instance:
+        held = instance.event_log_storage.get_concurrency_info("duckdb_warehouse").claimed_slots
+        assert len(held) == 1, "precondition: the killed run still holds its slot"
+        dead = held[0].run_id
+        lines: list[str] = []
+        done = recover_dead_runs(instance, echo=lines.append)
+        assert [r.run_id for r in done] == [dead] and done[0].freed_pools == ("duckdb_warehouse",)
+        assert instance.get_run_by_id(dead).status == dg.DagsterRunStatus.FAILURE
+        assert len(lines) == 1 and f"pid {proc.pid}" in lines[0] and "gone" in lines[0]
+        assert not instance.event_log_storage.get_concurrency_info("duckdb_warehouse").claimed_slots
+        assert recover_dead_runs(instance, echo=lines.append) == []  # idempotent
+
+        @dg.asset(pool="duckdb_warehouse")
+        def writes_the_warehouse():
+            return 1
+
+        t0 = time.monotonic()
+        assert dg.materialize([writes_the_warehouse], instance=instance).success
+        assert time.monotonic() - t0 < 60
+
+
+def test_a_live_run_is_not_recovered(tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import dagster as dg
+
+    from ple_platform.run_recovery import recover_dead_runs, slot_holders
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_POOL], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "DAGSTER_HOME": str(home)})
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        with dg.DagsterInstance.get() as instance:
+            assert recover_dead_runs(instance, echo=lambda line: None) == []
+            holders = slot_holders(instance, "duckdb_warehouse")
+            assert len(holders) == 1 and f"(pid {proc.pid})" in holders[0]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -17,6 +17,7 @@ from ple_platform.core.features.hyperbolic import (
     merchant_hierarchy_features,
     poincare_distance,
     product_hierarchy_features,
+    product_hierarchy_history_features,
     transitive_closure,
 )
 
@@ -82,7 +83,7 @@ def test_mcc_embedding_respects_hierarchy(mcc_fit):
 
 def test_product_embedding_respects_hierarchy(prod_fit):
     tree, leaves, emb, metrics = prod_fit
-    assert emb.shape == (31, 32) and metrics["map"] > 0.95
+    assert emb.shape == (31, PRODUCT_EMBED_DIM) and metrics["map"] > 0.95
     d = poincare_distance(emb[:, None], emb[None])
     groups = tree.parent[leaves]
     group_nodes = np.unique(groups)
@@ -149,20 +150,58 @@ def test_midpoint_order_invariant_and_zero_rows():
 def test_product_hierarchy_features(prod_fit):
     _, leaves, emb, _ = prod_fit
     pemb = emb[leaves]
+    d = PRODUCT_EMBED_DIM
     hold = np.zeros((4, 24))
     hold[1, 5] = 1
     hold[2, [0, 1, 2]] = 1
     hold[3, [0, 23]] = 1
     f = product_hierarchy_features(hold, pemb)
-    assert f.shape == (4, group("product_hierarchy").dim) == (4, 34) and np.isfinite(f).all()
+    assert f.shape == (4, d + 2) and np.isfinite(f).all()
     np.testing.assert_array_equal(f[0], 0.0)  # holds nothing -> origin, radius 0, spread 0
-    np.testing.assert_allclose(f[1, :32], pemb[5], atol=1e-10)
-    np.testing.assert_allclose(f[1, 32], distance_to_origin(pemb[5]), rtol=1e-8)
-    assert abs(f[1, 33]) < 1e-6
+    np.testing.assert_allclose(f[1, :d], pemb[5], atol=1e-10)
+    np.testing.assert_allclose(f[1, d], distance_to_origin(pemb[5]), rtol=1e-8)
+    assert abs(f[1, d + 1]) < 1e-6
     mid = einstein_midpoint(pemb, hold[2:3])[0]
-    np.testing.assert_allclose(f[2, :32], mid, atol=1e-12)
-    np.testing.assert_allclose(f[2, 33], poincare_distance(pemb[[0, 1, 2]], mid).mean(), rtol=1e-9)
-    assert f[3, 33] > 0
+    np.testing.assert_allclose(f[2, :d], mid, atol=1e-12)
+    np.testing.assert_allclose(f[2, d + 1], poincare_distance(pemb[[0, 1, 2]], mid).mean(), rtol=1e-9)
+    assert f[3, d + 1] > 0
+
+
+def test_product_hierarchy_history_features_see_tenure_and_peers(prod_fit):
+    import scipy.sparse as sp
+
+    _, leaves, emb, _ = prod_fit
+    pemb = emb[leaves]
+    d = PRODUCT_EMBED_DIM
+    # Customers 0 and 1 hold the same two products; 0 has held both for 6 months, 1 opened product 23 at t.
+    hold = np.zeros((4, 24))
+    hold[[0, 1], 0] = hold[[0, 1], 23] = 1
+    hold[2, 5] = 1
+    hold[3, [9, 10]] = 1
+    tenure = hold * 6.0
+    tenure[1, 23] = 1.0
+    # Peers: 0 <-> 2, 1 <-> 3 (one shared merchant each); nobody else.
+    peers = sp.csr_matrix(([1.0] * 4, ([0, 2, 1, 3], [2, 0, 3, 1])), shape=(4, 4))
+    f = product_hierarchy_history_features(hold, tenure, pemb, peers)
+    assert f.shape == (4, group("product_hierarchy").dim) == (4, d + 4) and np.isfinite(f).all()
+    # Equal tenure: the midpoint is the equal-weight one and there is no drift.
+    np.testing.assert_allclose(f[0, : d + 2], product_hierarchy_features(hold[:1], pemb)[0], atol=1e-12)
+    assert abs(f[0, d + 2]) < 1e-9
+    # Same bits, different history: the new product pulls less, so the midpoint moves toward product 0 and drifts.
+    np.testing.assert_allclose(f[1, :d], einstein_midpoint(pemb, tenure[1:2])[0], atol=1e-12)
+    assert f[1, d + 2] > 1e-3
+    assert poincare_distance(f[1, :d], pemb[0]) < poincare_distance(f[0, :d], pemb[0])
+    # Peer distance = distance to the peer's midpoint (one peer each).
+    np.testing.assert_allclose(f[0, d + 3], poincare_distance(f[0, :d], f[2, :d]), rtol=1e-9)
+    np.testing.assert_allclose(f[1, d + 3], poincare_distance(f[1, :d], f[3, :d]), rtol=1e-9)
+    # Without peers the distance is 0; other columns do not depend on the peers.
+    g = product_hierarchy_history_features(hold, tenure, pemb, sp.csr_matrix((4, 4)))
+    np.testing.assert_array_equal(g[:, d + 3], 0.0)
+    np.testing.assert_array_equal(g[:, : d + 3], f[:, : d + 3])
+    bad = tenure.copy()
+    bad[2, 6] = 3.0  # tenure for a product not held at t
+    with pytest.raises(ValueError, match="row 2"):
+        product_hierarchy_history_features(hold, bad, pemb, peers)
 
 
 # --- merchant_hierarchy ------------------------------------------------------------------------------------------

@@ -106,3 +106,61 @@ def test_source_without_transactions_marks_transaction_groups_unavailable(platfo
         assert con.execute("SELECT count(*) FROM features.txn_behavior").fetchall()[0][0] == 0
     warn = [c for c in out.get_asset_check_evaluations() if c.asset_key.path[-1] == "txn_behavior"]
     assert warn and all(not c.passed and c.severity.value == "WARN" for c in warn)
+
+
+def _audit_entries(settings):
+    from ple_platform.core.governance.audit.log import AuditLog, audit_key
+    from ple_platform.core.governance.audit.store import GovernanceStore
+
+    result = AuditLog(GovernanceStore(settings.governance_db), audit_key()).verify()
+    assert result.ok, result.reason
+    return result.n_entries
+
+
+def test_a_write_the_audit_log_refuses_is_not_stored(platform_env, resources, monkeypatch):
+    """Validate and audit before commit: with a foreign audit key the append is refused and the month keeps its
+    previous rows; the control (the right audit key) shows the same rewrite would have changed them."""
+    raw_customers = next(a for a in raw_assets if a.key.path[-1] == "raw_customers")
+
+    assert materialize([raw_customers], "2015-01-01", resources).success
+    before, n_entries = _hash(platform_env, "customers", date(2015, 1, 1)), _audit_entries(platform_env)
+    other_pseudonyms = "another-pseudonymisation-key-of-32-bytes-or-more"
+    monkeypatch.setenv("PLE_PSEUDONYMISATION_KEY", other_pseudonyms)
+    monkeypatch.setenv("PLE_AUDIT_KEY", "a-foreign-audit-key-that-did-not-write-this-chain")
+    result = materialize([raw_customers], "2015-01-01", resources)
+    assert not result.success
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    while error.cause is not None:
+        error = error.cause
+    assert "audit log does not verify" in error.message, error.message
+    assert _hash(platform_env, "customers", date(2015, 1, 1)) == before
+    monkeypatch.delenv("PLE_AUDIT_KEY")
+    assert _audit_entries(platform_env) == n_entries
+    # Control: the right audit key lets the same rewrite through, and it does change the stored month.
+    assert materialize([raw_customers], "2015-01-01", resources).success
+    assert _hash(platform_env, "customers", date(2015, 1, 1)) != before
+    assert _audit_entries(platform_env) == n_entries + 1
+
+
+def test_a_month_failing_a_rule_after_the_write_is_rolled_back(platform_env, resources, monkeypatch):
+    """A rule that fails on the written rows (here forced) refuses the month before it is visible: no rows
+    change, no audit entry is written, and the failure names the rule."""
+    from ple_platform.core.data import raw_checks
+    raw_customers = next(a for a in raw_assets if a.key.path[-1] == "raw_customers")
+
+    assert materialize([raw_customers], "2015-01-01", resources).success
+    before, n_entries = _hash(platform_env, "customers", date(2015, 1, 1)), _audit_entries(platform_env)
+    real = raw_checks.run_rules
+
+    def one_rule_fails(con, table, month):
+        results = real(con, table, month)
+        return [results[0].__class__(results[0].name, "forced failure", False, 3), *results[1:]]
+
+    monkeypatch.setattr(raw_checks, "run_rules", one_rule_fails)
+    monkeypatch.setenv("PLE_PSEUDONYMISATION_KEY", "another-pseudonymisation-key-of-32-bytes-or-more")
+    result = materialize([raw_customers], "2015-01-01", resources)
+    assert not result.success
+    message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "refused, nothing written" in message and "'schema_and_dtypes' failed on 3 row(s)" in message, message
+    assert _hash(platform_env, "customers", date(2015, 1, 1)) == before
+    assert _audit_entries(platform_env) == n_entries

@@ -9,13 +9,14 @@ concurrency pool (limit 1 in dagster.yaml), so parallel steps queue instead of f
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import date
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from ple_platform.core.data.schema import TABLE_SCHEMAS
+from ple_platform.core.data.schema import RAW_TABLES, TABLE_SCHEMAS
 
 _ARROW_TO_DUCKDB = {
     pa.string(): "VARCHAR",
@@ -50,16 +51,22 @@ def ensure_raw_table(con: duckdb.DuckDBPyConnection, table: str) -> str:
     return f"raw.{table}"
 
 
-def replace_partition(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date, select_sql: str) -> int:
+def replace_partition(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date, select_sql: str,
+                      before_commit: Callable[[int], None] | None = None) -> int:
     """Atomically replace the rows of ``month`` with the rows of ``select_sql``; returns the new row count.
 
-    Either the whole month is replaced or, on any error, the table is left exactly as it was.
+    Either the whole month is replaced or, on any error, the table is left exactly as it was. ``before_commit(n)``
+    runs inside the transaction, seeing the new rows (other connections still see the old ones): it validates them
+    and records the write (the audit entry) first, and anything it raises rolls the month back — so no month that
+    fails its rules is ever visible, and none is written without its audit entry.
     """
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(f"DELETE FROM {qualified_table} WHERE month = ?", [month])
         con.execute(f"INSERT INTO {qualified_table} {select_sql}")
         (n,) = con.execute(f"SELECT count(*) FROM {qualified_table} WHERE month = ?", [month]).fetchall()[0]
+        if before_commit is not None:
+            before_commit(int(n))
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
@@ -75,6 +82,41 @@ def partition_content_hash(con: duckdb.DuckDBPyConnection, qualified_table: str,
         [month],
     ).fetchall()[0]
     return hashlib.sha256(f"{qualified_table}|{month}|{n}|{acc}".encode()).hexdigest()
+
+
+PARTITION_HASHES = "raw.partition_hashes"
+
+
+def record_partition_hash(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date, content_hash: str,
+                          rows: int) -> None:
+    """Remember a stored month's content hash (call inside the write's transaction, so the two cannot disagree)."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {PARTITION_HASHES} (tbl VARCHAR, month DATE, content_hash VARCHAR, "
+                "rows BIGINT, PRIMARY KEY (tbl, month))")
+    con.execute(f"INSERT OR REPLACE INTO {PARTITION_HASHES} VALUES (?, ?, ?, ?)",
+                [qualified_table, month, content_hash, rows])
+
+
+def raw_input_lineage(con: duckdb.DuckDBPyConnection, months: list[date]) -> str:
+    """SHA-256 over the content hashes of every raw table's partitions of ``months``: what a fit on those months
+    was computed from. Recorded hashes are used where the raw assets wrote them; others are computed (a table or
+    month that is absent counts as absent), so a re-ingested month with different rows changes the lineage."""
+    have = {r[0] for r in con.execute("SELECT table_schema || '.' || table_name FROM information_schema.tables "
+                                      "WHERE table_schema = 'raw'").fetchall()}
+    recorded = {}
+    if PARTITION_HASHES in have and months:
+        recorded = {(t, m): h for t, m, h in con.execute(
+            f"SELECT tbl, month, content_hash FROM {PARTITION_HASHES} WHERE month IN ({', '.join('?' * len(months))})",
+            list(months)).fetchall()}
+    parts = []
+    for table in RAW_TABLES:
+        qualified = f"raw.{table}"
+        for m in months:
+            if qualified not in have:
+                h = "absent"
+            else:
+                h = recorded.get((qualified, m)) or partition_content_hash(con, qualified, m)
+            parts.append(f"{qualified}|{m.isoformat()}|{h}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def null_rates(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date) -> dict[str, float]:

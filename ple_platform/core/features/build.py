@@ -20,6 +20,7 @@ from ple_platform.core.features.fits import Fit, FitPolicy, FitRecord, FitStore
 from ple_platform.core.features.panel import (
     Population,
     daily_spend,
+    holding_tenure,
     holdings_matrix,
     last_transactions,
     monthly_panel,
@@ -169,7 +170,8 @@ def _torch_device() -> str:
 
 
 def _product_hierarchy(ctx: BuildContext) -> GroupOutput:
-    from ple_platform.core.features.hyperbolic import fit_poincare_tree, product_hierarchy_features
+    from ple_platform.core.features.hyperbolic import fit_poincare_tree, product_hierarchy_history_features
+    from ple_platform.core.features.peers import merchant_peer_graph
 
     tree, leaves = product_tree()
 
@@ -178,7 +180,11 @@ def _product_hierarchy(ctx: BuildContext) -> GroupOutput:
         return {"node_emb": emb}, {"metrics": _jsonable(metrics)}
 
     arrays, _ = ctx.fit("product_hierarchy", fit, static=True)
-    return GroupOutput(product_hierarchy_features(holdings_matrix(ctx.con, ctx.pop), arrays["node_emb"][leaves]).astype(np.float32), ctx.records)
+    values = product_hierarchy_history_features(
+        holdings_matrix(ctx.con, ctx.pop), holding_tenure(ctx.con, ctx.pop, group("product_hierarchy").lookback_months),
+        arrays["node_emb"][leaves], merchant_peer_graph(ctx.con, ctx.pop),
+    )
+    return GroupOutput(values.astype(np.float32), ctx.records)
 
 
 def _merchant_hierarchy(ctx: BuildContext) -> GroupOutput:
@@ -205,6 +211,7 @@ def _edges(holdings: np.ndarray) -> np.ndarray:
 
 def _graph_collaborative(ctx: BuildContext) -> GroupOutput:
     from ple_platform.core.features.lightgcn import fit_lightgcn, lightgcn_customer_features
+    from ple_platform.core.features.peers import group_holdings_and_acquisitions, merchant_peer_graph, peer_product_signals
 
     def fit(months):
         fit_pop = ctx.fit_population()
@@ -219,7 +226,10 @@ def _graph_collaborative(ctx: BuildContext) -> GroupOutput:
     fit_pop = ctx.fit_population()
     reference = (_edges(holdings_matrix(ctx.con, fit_pop)), len(fit_pop))
     values = lightgcn_customer_features(state, _edges(holdings), len(ctx.pop), reference=reference)
-    return GroupOutput(values.astype(np.float32), ctx.records)
+    # The embedding is a function of the customer's own bits; the peer columns bring in the neighbourhood.
+    held, acquired = group_holdings_and_acquisitions(ctx.con, ctx.pop)
+    peers = peer_product_signals(merchant_peer_graph(ctx.con, ctx.pop), held, acquired)
+    return GroupOutput(np.concatenate([values, peers], axis=1).astype(np.float32), ctx.records)
 
 
 def _gmm_inputs(con: duckdb.DuckDBPyConnection, pop: Population) -> np.ndarray:

@@ -7,7 +7,8 @@ defaults to the last month inside the training window of the production model (s
 
 A fit is a dict of numpy arrays plus JSON metadata, saved as safetensors (deterministic bytes, no pickle)
 under ``feature_fits/<group>/<fit_month>.safetensors``, and recorded with its months and SHA-256 in the
-warehouse table ``features.fit_registry``. The stored bytes are a function of the fit's inputs only: timing
+warehouse table ``features.fit_registry``. A fit records its lineage (``_inputs``: the content hashes of the raw
+partitions of its months) and is reused only while they are unchanged. The stored bytes are a function of the fit's inputs only: timing
 metrics (``WALL_CLOCK_KEYS``) are dropped from the metadata, so two clean runs store byte-identical fits with
 the same SHA-256 (the registry's ``created_at`` is outside the hashed bytes).
 """
@@ -27,6 +28,7 @@ from safetensors.numpy import save as st_save
 
 from ple_platform.core.data.schema import add_months
 from ple_platform.core.storage import ArtifactStore, sha256_bytes
+from ple_platform.core.warehouse import raw_input_lineage
 
 FIT_WINDOW_MONTHS = 12
 # Metadata keys that measure the run, not the fit (wall-clock seconds); never part of the hashed artifact.
@@ -99,15 +101,19 @@ class FitStore:
         )
 
     def get_or_fit(self, group: str, fit_key: str, months: list[date], fit_fn: Callable[[], Fit]) -> tuple[Fit, FitRecord]:
+        """The stored fit when it was computed from the same months **with the same contents** (its ``_inputs``
+        lineage: the raw partitions' content hashes), else a new fit: a month corrected after a bad ingest is
+        never served a fit computed from the bad rows."""
         key = f"feature_fits/{group}/{fit_key}.safetensors"
         month_strs = tuple(m.isoformat() for m in months)
+        inputs = raw_input_lineage(self.con, months) if months else "static"
         if self.store.exists(key):
             data = self.store.get(key)
             fit = decode_fit(data)
-            if tuple(fit[1].get("_months", [])) == month_strs:
+            if tuple(fit[1].get("_months", [])) == month_strs and fit[1].get("_inputs") == inputs:
                 return fit, FitRecord(group, fit_key, month_strs, self.store.uri(key), sha256_bytes(data), True)
         arrays, meta = fit_fn()
-        meta = deterministic_meta({**meta, "_months": list(month_strs), "_group": group})
+        meta = deterministic_meta({**meta, "_months": list(month_strs), "_group": group, "_inputs": inputs})
         uri, digest = self.store.put(key, encode_fit(arrays, meta))
         self.con.execute(
             "INSERT OR REPLACE INTO features.fit_registry VALUES (?, ?, ?, ?, ?, ?)",

@@ -7,8 +7,8 @@
   L2s of an L1 on one spot and had no manifold optimisation at all).
 * ``einstein_midpoint`` — weighted Fréchet-style centre used for customers: map to the Klein model, average with
   Lorentz factors, map back. Exact for one point, symmetric in the points, stays inside the ball.
-* ``product_hierarchy_features`` / ``merchant_hierarchy_features`` — pure numpy over whole populations; no loop over
-  customers or transactions.
+* ``product_hierarchy_features`` / ``product_hierarchy_history_features`` / ``merchant_hierarchy_features`` — pure
+  numpy/scipy.sparse over whole populations; no loop over customers or transactions.
 
 All hyperbolic quantities use curvature c = 1 (ball of radius 1).
 """
@@ -278,6 +278,39 @@ def product_hierarchy_features(holdings: np.ndarray, product_emb: np.ndarray) ->
     radius = distance_to_origin(mid)
     spread = _grouped_spread(cust, prod, w, product_emb, mid, n)
     return np.concatenate([mid, radius[:, None], spread[:, None]], axis=1)
+
+
+def product_hierarchy_history_features(holdings: np.ndarray, tenure: np.ndarray, product_emb: np.ndarray, peers) -> np.ndarray:
+    """Group 9 as built: (N, dim + 4) = tenure-weighted midpoint, radius, spread, drift, peer distance.
+
+    ``tenure`` (N, n_products) = months each product held at t has been held (``panel.holding_tenure``; 0 where
+    not held), ``peers`` the (N, N) non-negative merchant-peer weights with a zero diagonal: anything with
+    ``peers @ x`` for x (N,) and (N, k) — ``peers.PeerGraph`` from ``merchant_peer_graph``, or a scipy matrix. Midpoint, radius and spread are ``product_hierarchy_features`` with the tenure
+    as weights: long-held products anchor the customer's position, a product opened this month pulls it less.
+    ``drift`` = d(tenure-weighted midpoint, equal-weight midpoint of the holdings): how far the recent
+    acquisitions sit from the established basket (0 when every product was acquired in the same month).
+    ``peer_dist`` = d(midpoint, Einstein midpoint of the peers' midpoints weighted by shared merchants): how far
+    the customer's basket is from its merchant community's (0 for a customer without peers).
+    Two customers with the same holding bits differ in drift when their histories differ and in peer_dist when
+    their peers differ.
+    """
+    tenure = np.asarray(tenure, dtype=np.float64)
+    bits = np.asarray(holdings, dtype=np.float64) > 0
+    if tenure.shape != bits.shape:
+        raise ValueError(f"product_hierarchy_history_features: tenure {tenure.shape} != holdings {bits.shape}")
+    if ((tenure > 0) != bits).any():
+        bad = int(np.nonzero(((tenure > 0) != bits).any(axis=1))[0][0])
+        raise ValueError(f"product_hierarchy_history_features: row {bad} has tenure > 0 exactly where a product is "
+                         "held at t, and it does not (holdings and tenure read from different months?)")
+    weighted = product_hierarchy_features(tenure, product_emb)
+    dim = product_emb.shape[1]
+    mid = weighted[:, :dim]
+    equal_mid = product_hierarchy_features(bits.astype(np.float64), product_emb)[:, :dim]
+    drift = poincare_distance(mid, equal_mid)
+    peer_mid = einstein_midpoint(mid, peers)
+    has_peers = np.asarray(peers @ np.ones(len(mid))).reshape(-1) > 0
+    peer_dist = np.where(has_peers, poincare_distance(mid, peer_mid), 0.0)
+    return np.concatenate([weighted, drift[:, None], peer_dist[:, None]], axis=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------

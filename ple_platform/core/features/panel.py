@@ -229,3 +229,29 @@ def holdings_matrix(con: duckdb.DuckDBPyConnection, pop: Population, month: date
         arr = np.asarray(rows, dtype=np.float64)
         out[arr[:, 0].astype(np.int64)] = arr[:, 1:]
     return out
+
+
+def holding_tenure(con: duckdb.DuckDBPyConnection, pop: Population, n_months: int = 12) -> np.ndarray:
+    """(N, 24) months each product held at t has been held without interruption, counting t (0 = not held at t).
+
+    Counted over the customer's snapshots in the ``n_months`` months ending at t, so it is capped at ``n_months``:
+    the run starts after the last snapshot in the window where the product was not held (NULL = not held), or at
+    the customer's first snapshot in the window. A month the customer is missing from does not break the run.
+    """
+    register_population(con, pop)
+    cols = ", ".join(f'coalesce(h."{p}", 0) AS p{i:02d}' for i, p in enumerate(PRODUCT_NAMES))
+    names = ", ".join(f"p{i:02d}" for i in range(len(PRODUCT_NAMES)))
+    rows = con.execute(
+        f"""
+        WITH h AS (SELECT pop.idx, h.month, {cols} FROM pop JOIN raw.holdings h USING (customer_id)
+                   WHERE h.month BETWEEN ? AND ?),
+             u AS (UNPIVOT h ON {names} INTO NAME prod VALUE v)
+        SELECT idx, CAST(substr(prod, 2) AS INTEGER) AS p,
+               date_diff('month', coalesce(max(month) FILTER (WHERE v = 0), min(month) - INTERVAL 1 MONTH)::DATE, ?::DATE) AS tenure
+        FROM u GROUP BY idx, prod HAVING max(CASE WHEN month = ? THEN v ELSE 0 END) = 1
+        """,
+        [add_months(pop.month, -(n_months - 1)), pop.month, pop.month, pop.month],
+    ).fetchnumpy()
+    out = np.zeros((len(pop), len(PRODUCT_NAMES)), dtype=np.float64)
+    out[np.asarray(rows["idx"], dtype=np.int64), np.asarray(rows["p"], dtype=np.int64)] = rows["tenure"]
+    return out

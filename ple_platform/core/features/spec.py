@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ple_platform.core.data.schema import PRODUCT_NAMES
+from ple_platform.core.data.schema import PRODUCT_GROUPS, PRODUCT_NAMES
 
 TDA_STATS = ("count", "mean_life", "max_life", "std_life", "entropy", "total_pers", "mean_birth", "mean_death")
 LAG_LENGTH = 200
@@ -18,9 +18,14 @@ HMM_MODES = (("journey", 5), ("lifecycle", 5), ("behaviour", 6))
 GMM_COMPONENTS = 14
 MCC_TOP_N = 30
 MAMBA_DIM = 50
-PRODUCT_EMBED_DIM = 32
+PRODUCT_EMBED_DIM = 30
 MERCHANT_EMBED_DIM = 6
-GRAPH_EMBED_DIM = 64
+GRAPH_EMBED_DIM = 51
+# Merchant-peer signals of graph_collaborative (core/features/peers.py), in ``peer_product_signals`` order.
+PEER_SIGNAL_COLUMNS = (
+    tuple(f"gcf_peer_hold_{g}" for g in PRODUCT_GROUPS) + tuple(f"gcf_peer_acq_{g}" for g in PRODUCT_GROUPS)
+    + ("gcf_peer_log_weight",)
+)
 MODEL_DERIVED_SERIES = ("spend", "txn_count", "n_products")
 MODEL_DERIVED_STATS = ("ema10", "ema30", "ema50", "vel1", "vel3", "vel6", "tau", "season", "slope")
 
@@ -168,10 +173,11 @@ FEATURE_GROUPS: tuple[FeatureGroupSpec, ...] = (
     ),
     FeatureGroupSpec(
         "product_hierarchy",
-        _cols("prodh", PRODUCT_EMBED_DIM) + ("prodh_radius", "prodh_spread"),
-        "Poincare-ball (geoopt) embedding of the product taxonomy; Einstein midpoint of held products",
-        ("holdings",),
-        1,
+        _cols("prodh", PRODUCT_EMBED_DIM) + ("prodh_radius", "prodh_spread", "prodh_drift", "prodh_peer_dist"),
+        "Poincare-ball (geoopt) embedding of the product taxonomy; tenure-weighted Einstein midpoint of held products, "
+        "its drift from the equal-weight midpoint and its distance to the merchant peers' midpoint",
+        ("holdings", "transactions"),
+        12,
         True,
         ("lightgcn", "causal"),
     ),
@@ -190,10 +196,11 @@ FEATURE_GROUPS: tuple[FeatureGroupSpec, ...] = (
     ),
     FeatureGroupSpec(
         "graph_collaborative",
-        _cols("gcf", GRAPH_EMBED_DIM) + ("gcf_norm", "gcf_degree"),
-        "LightGCN (torch-geometric) trained with BPR on the customer-product graph; inductive customer embeddings",
-        ("holdings",),
-        1,
+        _cols("gcf", GRAPH_EMBED_DIM) + ("gcf_norm", "gcf_degree") + PEER_SIGNAL_COLUMNS,
+        "LightGCN (torch-geometric) trained with BPR on the customer-product graph; inductive customer embeddings; "
+        "merchant peers' (customer-merchant-customer graph, 90 days) product-group holdings and acquisitions",
+        ("holdings", "transactions"),
+        4,
         True,
         ("lightgcn",),
     ),

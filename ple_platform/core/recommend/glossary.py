@@ -290,6 +290,9 @@ LOOKUPS: dict[str, dict[str, tuple[str, str]]] = {
     "stage": {"journey": ("customer-journey stage", "고객 여정 단계"),
               "lifecycle": ("product-lifecycle stage", "상품 이용 생애주기 단계"),
               "behaviour": ("payment-timing habits", "결제 시간대 습관")},
+    "pgroup": {"deposits": ("deposit products", "예금 상품"), "investments": ("investment products", "투자 상품"),
+               "accounts": ("accounts", "계좌 상품"), "lending": ("loans", "대출 상품"),
+               "payments": ("payment services", "결제 서비스"), "other": ("other products", "기타 상품")},
 }
 _PRODUCT_ALT = "|".join(PRODUCT_NAMES)
 
@@ -433,6 +436,12 @@ RULES: tuple[Rule, ...] = (
     # 9 product_hierarchy
     Rule("product_hierarchy", r"prodh_(\d{3}|radius|spread)", "product_mix", "the mix of product types you hold",
          "보유 상품 유형 구성", "score"),
+    Rule("product_hierarchy", r"prodh_drift", "product_mix_change",
+         "how far your recently opened products sit from the ones you have held longest",
+         "최근 가입 상품과 오래 보유한 상품의 차이", "score"),
+    Rule("product_hierarchy", r"prodh_peer_dist", "peer_product_mix",
+         "how your product mix differs from that of customers who shop where you do",
+         "같은 가맹점을 이용하는 고객들과의 보유 상품 구성 차이", "score"),
     # 10 merchant_hierarchy
     Rule("merchant_hierarchy", r"merch_((l1|l2|code)_\d{2}|spread_\w+|radius_\w+)", "merchant_mix",
          "the kinds of merchants you spend at", "주로 이용하는 가맹점 업종", "score"),
@@ -448,6 +457,14 @@ RULES: tuple[Rule, ...] = (
          "the product choices of customers similar to you", "고객님과 비슷한 고객들의 상품 선택", "score"),
     Rule("graph_collaborative", r"gcf_degree", "n_products", "the number of products you hold", "보유 상품 수",
          "count", counter_ko="개"),
+    Rule("graph_collaborative", r"gcf_peer_hold_(?P<pgroup>deposits|investments|accounts|lending|payments|other)",
+         "peer_holding:{pgroup}", "the share of customers who shop where you do that hold {pgroup}",
+         "같은 가맹점을 이용하는 고객 중 {pgroup} 보유 비중", "share"),
+    Rule("graph_collaborative", r"gcf_peer_acq_(?P<pgroup>deposits|investments|accounts|lending|payments|other)",
+         "peer_acquisition:{pgroup}", "the share of customers who shop where you do that just opened {pgroup}",
+         "같은 가맹점을 이용하는 고객 중 이번 달 {pgroup} 가입 비중", "share"),
+    Rule("graph_collaborative", r"gcf_peer_log_weight", "peer_breadth",
+         "how many customers shop at the same merchants as you", "같은 가맹점을 이용하는 고객 수", "score"),
     # 12 gmm_clustering
     Rule("gmm_clustering", r"gmm_(p\d{2}|cluster|entropy)", "customer_group",
          "the customer group your profile is closest to", "고객님과 가장 가까운 고객군", "score"),

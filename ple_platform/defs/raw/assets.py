@@ -21,6 +21,7 @@ from ple_platform.core.warehouse import (
     null_rates,
     partition_content_hash,
     raw_table_columns,
+    record_partition_hash,
     replace_partition,
 )
 from ple_platform.defs.partitions import MONTHLY
@@ -119,15 +120,30 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
                     ],
                     data_version=dg.DataVersion("unavailable"),
                 )
-            n_rows = replace_partition(con, qualified, month, _insert_select(table, validated.sql, key))
-            content_hash = partition_content_hash(con, qualified, month)
+            seen: dict = {}
+
+            def verify_and_audit(n: int) -> None:
+                # Inside the write's transaction: a month failing a rule is rolled back, never visible downstream;
+                # the audit entry (whose ingest hash lineage compares against) lands before the rows are committed.
+                seen["hash"] = partition_content_hash(con, qualified, month)
+                seen["results"] = results = raw_checks.run_rules(con, table, month)
+                failed = [r for r in results if not r.passed]
+                if failed:
+                    raise dg.Failure(
+                        description=f"raw.{table} {month:%Y-%m} refused, nothing written (the month keeps its "
+                                    "previous rows): " + "; ".join(f"rule '{r.name}' failed on {r.offending_rows} "
+                                                                  f"row(s): {r.description}" for r in failed),
+                        metadata={"failed_rules": [r.name for r in failed]})
+                record_partition_hash(con, qualified, month, seen["hash"], n)  # fits' lineage reads it
+                governance.audit_log().append(AuditEvent.INGEST, f"raw.{table}/{month.isoformat()}", {
+                    "table": f"raw.{table}", "month": month.isoformat(), "content_hash": seen["hash"], "rows": n,
+                    "source": str(validated.source), "run_id": context.run.run_id})
+
+            n_rows = replace_partition(con, qualified, month, _insert_select(table, validated.sql, key),
+                                       before_commit=verify_and_audit)
+            content_hash, results = seen["hash"], seen["results"]
             rates = null_rates(con, qualified, month)
-            results = raw_checks.run_rules(con, table, month)
         context.log.info(f"raw.{table} {month}: {n_rows} rows from {validated.source}")
-        # The ingest hash in the audit log is what lineage compares today's partition against.
-        governance.audit_log().append(AuditEvent.INGEST, f"raw.{table}/{month.isoformat()}", {
-            "table": f"raw.{table}", "month": month.isoformat(), "content_hash": content_hash, "rows": n_rows,
-            "source": str(validated.source), "run_id": context.run.run_id})
         return dg.MaterializeResult(
             metadata={
                 "available": True,

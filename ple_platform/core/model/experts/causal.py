@@ -17,8 +17,16 @@ Structure:
 * **augmented Lagrangian** — ``alpha``/``rho`` are buffers; ``update_lagrangian()`` (the trainer calls it
   once per epoch) multiplies ``rho`` while ``h`` does not shrink fast enough and then sets
   ``alpha += rho * h``, as NOTEARS' outer loop does.
-
-Output: ``MLP([z, z @ W]) -> out_dim``; ``adjacency()`` gives the detached ``W`` for explanations.
+* **output through the structure only** — the head reads the SEM's fitted values ``z_hat = z @ W`` and nothing
+  else: ``MLP(z W) -> out_dim``. Latent i reaches the head only through its out-edges (``z_i W_ij`` in each
+  child's fitted value; a latent without children is invisible), so removing a learned edge changes the
+  prediction and with every edge removed the output no longer depends on the customer.
+  (An earlier version fed ``[z, z W]``: ``z`` already carried everything and the DAG constrained nothing.) The
+  task gradient reaches ``W`` through this path too, so edges that matter for the tasks are kept against the L1
+  term, while the reconstruction and acyclicity terms keep ``W`` a DAG of the latents.
+* **edge mask** — a persistent 0/1 buffer multiplied into ``W``: ``remove_edge(i, j)`` cuts one edge (what-if
+  and the tests), ``prune(threshold)`` cuts every edge with ``|W_ij| < threshold`` (NOTEARS' post-hoc
+  thresholding; not applied during training). ``adjacency()`` gives the detached masked ``W`` for explanations.
 """
 
 from __future__ import annotations
@@ -63,16 +71,30 @@ class CausalExpert(nn.Module):
         # gradient descent would keep W symmetric, i.e. never acyclic.
         self.w = nn.Parameter(torch.randn(n_latent, n_latent) * w_init_scale)
         self.register_buffer("off_diagonal", 1.0 - torch.eye(n_latent), persistent=False)
+        self.register_buffer("edge_mask", torch.ones(n_latent, n_latent))
         self.register_buffer("alpha", torch.zeros(()))
         self.register_buffer("rho", torch.tensor(float(rho_init)))
         self.register_buffer("h_prev", torch.tensor(math.inf))
         self.head = nn.Sequential(
-            nn.Linear(2 * n_latent, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)
+            nn.Linear(n_latent, hidden_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim)
         )
         self._aux: torch.Tensor | None = None
 
     def weights(self) -> torch.Tensor:
-        return self.w * self.off_diagonal
+        return self.w * self.off_diagonal * self.edge_mask
+
+    @torch.no_grad()
+    def remove_edge(self, i: int, j: int) -> None:
+        """Cut the edge latent i -> latent j (W[i, j] = 0 from now on, also after saving and loading)."""
+        if not (0 <= i < self.n_latent and 0 <= j < self.n_latent):
+            raise IndexError(f"CausalExpert.remove_edge: ({i}, {j}) outside the {self.n_latent} latents")
+        self.edge_mask[i, j] = 0.0
+
+    @torch.no_grad()
+    def prune(self, threshold: float = 0.3) -> int:
+        """Cut every edge with |W_ij| < ``threshold``; returns the number of edges left."""
+        self.edge_mask.mul_((self.weights().abs() >= threshold).to(self.edge_mask.dtype))
+        return int((self.weights() != 0).sum())
 
     def adjacency(self) -> torch.Tensor:
         """Detached W (m x m); W[i, j] is the effect of latent i on latent j."""
@@ -91,7 +113,11 @@ class CausalExpert(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         z = self.latents(batch)
         self._aux = self.structural_loss(z)
-        return self.head(torch.cat([z, z @ self.weights().to(z.dtype)], dim=1))
+        return self.head(self.fitted(z))
+
+    def fitted(self, z: torch.Tensor) -> torch.Tensor:
+        """The structural equations' fitted values z W: column j is latent j predicted from its parents."""
+        return z @ self.weights().to(z.dtype)
 
     def aux_loss(self) -> torch.Tensor:
         return self._aux if self._aux is not None else self.w.new_zeros(())
