@@ -28,9 +28,11 @@ def timed(code: str) -> float:
 
 def heavy_loaded() -> list[str]:
     script = ("import sys; from ple_platform.definitions import load_definitions; load_definitions(); "
-              f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+              f"print('loaded:' + ','.join(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
-    return [m for m in out.strip().splitlines()[-1].split(",") if m]
+    # a marker: with nothing heavy loaded the line would otherwise be empty
+    line = next(x for x in reversed(out.splitlines()) if x.startswith("loaded:"))
+    return [m for m in line.removeprefix("loaded:").split(",") if m]
 
 
 def main() -> None:

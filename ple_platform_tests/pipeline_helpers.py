@@ -1,8 +1,9 @@
 """Shared settings and helpers of the model-pipeline tests (promotion, reports, browser, end-to-end)."""
 
-import json
 
 import dagster as dg
+
+from ple_platform.core.distillation.bundle import bundle_version_for
 
 from ple_platform.defs.distillation.assets import StudentRunConfig, student_assets
 from ple_platform.defs.governance.promotion import challenger_evaluation, champion_challenger_sensor, champion_model
@@ -40,4 +41,4 @@ def run_promotions(result, resources, instance):
 
 def bundle_version(resources, month):
     store = resources["artifacts"].store()
-    return json.loads(store.get(f"bundles/{month}/bundle.json"))["version"]
+    return bundle_version_for(store, month)

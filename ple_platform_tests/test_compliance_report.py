@@ -264,6 +264,23 @@ def test_evidence_strings_are_escaped():
     assert _parse(page).errors == []
 
 
+def test_customer_supplied_strings_are_escaped_in_text_and_attributes():
+    """A province name comes from the bank's landing files; one carrying markup must reach the page as text, both
+    in table cells and in attribute values (a selection name is the plot's ``alt``). The template engine's
+    autoescape does this; a control page rendered with the same strings unescaped would hold the tag."""
+    ev = full_evidence()
+    province = '"><script>alert(document.cookie)</script>'
+    ev.fairness = {**ev.fairness, f"top7{province}": _fairness_dict(_groups(["MADRID", province], [1.0, 0.9]))}
+    page = render_html(build_report(ev), ev)
+    assert "<script" not in page.lower()
+    assert page.count("&lt;script&gt;alert(document.cookie)&lt;/script&gt;") >= 3  # h3, alt, group cell
+    assert 'alt="fairness top7&#34;&gt;&lt;script&gt;' in page
+    p = _parse(page)
+    assert p.errors == [] and len(p.imgs) == 6  # one plot more; the quote did not close the attribute early
+    control = page.replace("&lt;script&gt;", "<script>")
+    assert "<script" in control.lower()  # the assertion above can fail
+
+
 def test_fairness_fail_insufficient_and_missing_attribute():
     ev = full_evidence()
     d = _fairness_dict()

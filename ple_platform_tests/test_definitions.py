@@ -125,3 +125,18 @@ def test_every_asset_has_a_code_version_that_follows_its_source(tmp_path, monkey
     (pkg / "m.py").write_text("X = 2\n")
     assert source_version("vpkg") != before
     sys.modules.pop("vpkg", None)
+
+
+def test_loading_the_definitions_imports_no_model_library():
+    """torch and LightGBM load in the step that uses them, not with the definitions (the UI, the daemon and
+    every `dg` command load them; benchmarks/bench_import.py measures the time). Fresh interpreter, so nothing
+    this test session imported counts."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "lightgbm", "sklearn", "matplotlib")
+    code = ("import sys; from ple_platform.definitions import load_definitions; d = load_definitions(); "
+            "assert d.resolve_asset_graph().get_all_asset_keys(); "
+            f"print('loaded:' + ','.join(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "loaded:", f"with the definitions: {out.strip()}"

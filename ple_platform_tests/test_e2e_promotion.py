@@ -23,6 +23,7 @@ import pytest
 from dagster import AssetKey
 from dagster_graphql import DagsterGraphQLClient
 
+from ple_platform.core.distillation.bundle import bundle_version_for
 from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.core.settings import Settings
 from ple_platform.defs.distillation.assets import student_assets
@@ -122,7 +123,7 @@ def test_dagster_dev_daemon_sensor_promotes_the_bootstrap_champion_and_decides_t
     store, gov = resources["artifacts"].store(), resources["governance"]
 
     def version_of(month: str) -> str:
-        return json.loads(store.get(f"bundles/{month}/bundle.json"))["version"]
+        return bundle_version_for(store, month)
 
     with dagster_dev(tmp_path, env) as server:
         clock = Clock(server, BUDGET_S)

@@ -74,3 +74,43 @@ def test_replace_partition_is_atomic_and_scoped():
     replace_partition(con, t, date(2015, 2, 1), row.format(m="2015-02-01", a=3.0))
     assert partition_content_hash(con, t, date(2015, 1, 1)) == jan
     assert con.execute(f"SELECT count(*) FROM {t}").fetchone() == (2,)
+
+
+def test_json_ready_converts_numpy_dates_enums_and_chooses_what_nan_becomes():
+    import enum
+    import json
+
+    import numpy as np
+
+    from ple_platform.core.reporting import json_ready
+
+    class Route(enum.Enum):
+        DISTILL = "distill"
+
+    value = {"auc": np.float32(0.75), "n": np.int64(3), "ok": np.bool_(True), "route": Route.DISTILL,
+             "month": date(2016, 1, 1), "ids": np.array([1, 2]), "pair": (1, float("nan")), 7: {"x"}}
+    out = json_ready(value)
+    assert out == {"auc": 0.75, "n": 3, "ok": True, "route": "distill", "month": "2016-01-01", "ids": [1, 2],
+                   "pair": [1, None], "7": ["x"]}
+    assert json.loads(json.dumps(out, allow_nan=False)) == out  # strict JSON, a round trip is equal
+    assert type(out["n"]) is int and type(out["ok"]) is bool
+    assert json_ready({"a": 0.123456789}, digits=5) == {"a": 0.12346}
+    with pytest.raises(ValueError, match=r"^payload\['m'\]\[1\]: nan is not valid JSON"):
+        json_ready({"m": [1.0, float("nan")]}, "payload", nonfinite="raise")
+    with pytest.raises(ValueError, match=r"^payload: key 3 is a int"):
+        json_ready({3: 1}, "payload", keys="raise")
+    class EvidenceShapeError(ValueError):
+        pass
+
+    with pytest.raises(EvidenceShapeError, match=r"^payload\['o'\]: object value"):
+        json_ready({"o": object()}, "payload", error=EvidenceShapeError)
+
+
+def test_md_table_escapes_cells_that_would_break_the_table():
+    from ple_platform.core.reporting import md_table
+
+    table = md_table(["task", "detail"], [("churn", "a | b\nc"), ("x", 0.5)])
+    lines = table.splitlines()
+    assert lines[:2] == ["| task | detail |", "|---|---|"]
+    assert lines[2] == "| churn | a \\| b c |" and lines[3] == "| x | 0.5 |"
+    assert len(lines) == 4 and all(line.count(" | ") == 1 for line in lines[2:])  # each row keeps two cells

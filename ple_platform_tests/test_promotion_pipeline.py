@@ -133,8 +133,10 @@ def test_failed_blocking_check_stops_the_run_and_the_sensor_rejects_a_forced_bun
 
 
 def test_approval_mode_waits_for_an_approval_then_promotes(platform, monkeypatch):
-    _, resources, instance = platform
+    _, _, instance = platform
     monkeypatch.setenv("PLE_REQUIRE_APPROVAL", "1")
+    resources = build_resources(Settings.from_env())  # the approval-mode deployment: settings load with it
+    assert resources["settings"].settings().require_approval
     _bundle(resources, instance, M5, **FAST)
     v5 = bundle_version(resources, M5)
     res_tick = tick(resources, instance)

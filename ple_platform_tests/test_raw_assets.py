@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from ple_platform.core.warehouse import partition_content_hash
 from ple_platform.defs.raw.assets import raw_assets
+from ple_platform.defs.resources import build_resources
 from ple_platform_tests.conftest import materialize
 
 
@@ -127,7 +128,8 @@ def test_a_write_the_audit_log_refuses_is_not_stored(platform_env, resources, mo
     other_pseudonyms = "another-pseudonymisation-key-of-32-bytes-or-more"
     monkeypatch.setenv("PLE_PSEUDONYMISATION_KEY", other_pseudonyms)
     monkeypatch.setenv("PLE_AUDIT_KEY", "a-foreign-audit-key-that-did-not-write-this-chain")
-    result = materialize([raw_customers], "2015-01-01", resources)
+    # Resources are chosen from the environment when the definitions load (keys as dg.EnvVar): load again.
+    result = materialize([raw_customers], "2015-01-01", build_resources(platform_env))
     assert not result.success
     error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
     while error.cause is not None:
@@ -137,7 +139,7 @@ def test_a_write_the_audit_log_refuses_is_not_stored(platform_env, resources, mo
     monkeypatch.delenv("PLE_AUDIT_KEY")
     assert _audit_entries(platform_env) == n_entries
     # Control: the right audit key lets the same rewrite through, and it does change the stored month.
-    assert materialize([raw_customers], "2015-01-01", resources).success
+    assert materialize([raw_customers], "2015-01-01", build_resources(platform_env)).success
     assert _hash(platform_env, "customers", date(2015, 1, 1)) != before
     assert _audit_entries(platform_env) == n_entries + 1
 
@@ -158,7 +160,7 @@ def test_a_month_failing_a_rule_after_the_write_is_rolled_back(platform_env, res
 
     monkeypatch.setattr(raw_checks, "run_rules", one_rule_fails)
     monkeypatch.setenv("PLE_PSEUDONYMISATION_KEY", "another-pseudonymisation-key-of-32-bytes-or-more")
-    result = materialize([raw_customers], "2015-01-01", resources)
+    result = materialize([raw_customers], "2015-01-01", build_resources(platform_env))  # a rewrite that differs
     assert not result.success
     message = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error.message
     assert "refused, nothing written" in message and "'schema_and_dtypes' failed on 3 row(s)" in message, message

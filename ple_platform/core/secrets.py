@@ -17,6 +17,8 @@ MIN_KEY_BYTES = 32
 DEV_DEFAULT_SOURCE = "dev_default"
 PSEUDONYMISATION_KEY_ENV_VAR = "PLE_PSEUDONYMISATION_KEY"
 AUDIT_KEY_ENV_VAR = "PLE_AUDIT_KEY"
+PSEUDONYMISATION_PURPOSE = "pseudonymise customer ids"
+AUDIT_PURPOSE = "write or verify the audit log"
 # The published defaults. Refused in production whichever variable carries them.
 DEV_PSEUDONYMISATION_KEY = b"ple-platform-dev-only-pseudonymisation-key"
 DEV_AUDIT_KEY = b"ple-platform-dev-only-audit-log-key"
@@ -39,31 +41,45 @@ class KeyMaterial:
         return f"KeyMaterial(source={self.source!r}, {len(self.value)} bytes)"
 
 
+def key_material(value: str | bytes | None, env_var: str, dev_default: bytes, purpose: str,
+                 env: str = "dev") -> KeyMaterial:
+    """The key ``value`` (as configured in ``env_var``); outside production its documented default when unset.
+    The caller passes the value in (a Dagster resource reads it through ``dg.EnvVar``); the rules live here."""
+    raw = value.encode() if isinstance(value, str) else (value or b"")
+    if env != "prod":
+        return KeyMaterial(raw, f"env:{env_var}") if raw else KeyMaterial(dev_default, DEV_DEFAULT_SOURCE)
+    if not raw:
+        raise MissingSecretError(f"{env_var} is not set: production refuses to {purpose} with the dev key")
+    if raw in _PUBLISHED:
+        raise MissingSecretError(f"{env_var} is the published {_PUBLISHED[raw]}: production needs a secret "
+                                 f"of its own to {purpose}")
+    if len(raw) < MIN_KEY_BYTES:
+        raise MissingSecretError(f"{env_var} is {len(raw)} bytes: production needs at least {MIN_KEY_BYTES} "
+                                 f"bytes to {purpose}")
+    return KeyMaterial(raw, f"env:{env_var}")
+
+
 def resolve_key(env_var: str, dev_default: bytes, purpose: str,
                 environ: Mapping[str, str] | None = None) -> KeyMaterial:
-    """The key in ``env_var``; outside production its documented default when unset."""
+    """The key in ``env_var`` of ``environ`` (default ``os.environ``): for the CLI and other non-Dagster callers."""
     e = os.environ if environ is None else environ
-    value = (e.get(env_var) or "").encode()
-    if e.get("PLE_ENV", "dev") != "prod":
-        return KeyMaterial(value, f"env:{env_var}") if value else KeyMaterial(dev_default, DEV_DEFAULT_SOURCE)
-    if not value:
-        raise MissingSecretError(f"{env_var} is not set: production refuses to {purpose} with the dev key")
-    if value in _PUBLISHED:
-        raise MissingSecretError(f"{env_var} is the published {_PUBLISHED[value]}: production needs a secret "
-                                 f"of its own to {purpose}")
-    if len(value) < MIN_KEY_BYTES:
-        raise MissingSecretError(f"{env_var} is {len(value)} bytes: production needs at least {MIN_KEY_BYTES} "
-                                 f"bytes to {purpose}")
-    return KeyMaterial(value, f"env:{env_var}")
+    return key_material(e.get(env_var), env_var, dev_default, purpose, e.get("PLE_ENV", "dev"))
+
+
+def pseudonymisation_key_from(value: str | bytes | None, env: str = "dev") -> KeyMaterial:
+    return key_material(value, PSEUDONYMISATION_KEY_ENV_VAR, DEV_PSEUDONYMISATION_KEY, PSEUDONYMISATION_PURPOSE, env)
+
+
+def audit_key_from(value: str | bytes | None, env: str = "dev") -> KeyMaterial:
+    return key_material(value, AUDIT_KEY_ENV_VAR, DEV_AUDIT_KEY, AUDIT_PURPOSE, env)
 
 
 def pseudonymisation_key_material(environ: Mapping[str, str] | None = None) -> KeyMaterial:
-    return resolve_key(PSEUDONYMISATION_KEY_ENV_VAR, DEV_PSEUDONYMISATION_KEY, "pseudonymise customer ids",
-                       environ)
+    return resolve_key(PSEUDONYMISATION_KEY_ENV_VAR, DEV_PSEUDONYMISATION_KEY, PSEUDONYMISATION_PURPOSE, environ)
 
 
 def audit_key_material(environ: Mapping[str, str] | None = None) -> KeyMaterial:
-    return resolve_key(AUDIT_KEY_ENV_VAR, DEV_AUDIT_KEY, "write or verify the audit log", environ)
+    return resolve_key(AUDIT_KEY_ENV_VAR, DEV_AUDIT_KEY, AUDIT_PURPOSE, environ)
 
 
 def check_production_keys(environ: Mapping[str, str] | None = None) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Mapping
 
 from ple_platform.core.data.schema import parse_month
-from ple_platform.core.secrets import audit_key_material, pseudonymisation_key_material
+from ple_platform.core.secrets import (AUDIT_KEY_ENV_VAR, PSEUDONYMISATION_KEY_ENV_VAR, audit_key_from,
+                                       pseudonymisation_key_from)
 
 DEFAULT_START_MONTH = date(2015, 1, 1)
 DEFAULT_END_MONTH = date(2016, 5, 1)  # inclusive: 17 monthly snapshots
@@ -24,6 +25,32 @@ DEFAULT_END_MONTH = date(2016, 5, 1)  # inclusive: 17 monthly snapshots
 # expanding fits (no look-ahead) and serve monitoring only. The fit reads months <= the anchor, i.e. only
 # the first training month and history before it.
 DEFAULT_FIT_END_MONTH = date(2015, 6, 1)
+
+
+# ``Settings.from_values`` argument -> the environment variable that sets it (docs/operations.md).
+ENV_VARS = {
+    "env": "PLE_ENV",
+    "data_dir": "PLE_DATA_DIR",
+    "warehouse": "PLE_WAREHOUSE",
+    "landing_kind": "PLE_LANDING_KIND",
+    "landing": "PLE_LANDING",
+    "landing_transactions": "PLE_LANDING_TRANSACTIONS",
+    "artifacts": "PLE_ARTIFACTS",
+    "s3_endpoint_url": "PLE_S3_ENDPOINT_URL",
+    "start_month": "PLE_START_MONTH",
+    "end_month": "PLE_END_MONTH",
+    "fit_end_month": "PLE_FIT_END_MONTH",
+    "duckdb_memory_limit": "PLE_DUCKDB_MEMORY_LIMIT",
+    "governance_db": "PLE_GOVERNANCE_DB",
+    "require_approval": "PLE_REQUIRE_APPROVAL",
+    "promotion_policy": "PLE_PROMOTION_POLICY",
+    "pseudonymisation_key": PSEUDONYMISATION_KEY_ENV_VAR,
+    "audit_key": AUDIT_KEY_ENV_VAR,
+    "gpu_dispatch": "PLE_GPU_DISPATCH",
+    "gpu_image": "PLE_GPU_IMAGE",
+    "k8s_namespace": "PLE_K8S_NAMESPACE",
+    "pipes_bucket": "PLE_PIPES_BUCKET",
+}
 
 
 class SettingsError(ValueError):
@@ -60,60 +87,70 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Settings from environment variables (``ENV_VARS``): for the CLI and for choosing resources."""
         e = os.environ if environ is None else environ
-        env = e.get("PLE_ENV", "dev")
+        return cls.from_values(**{name: e[var] for name, var in ENV_VARS.items() if var in e})
+
+    @classmethod
+    def from_values(cls, *, env: str = "dev", data_dir: str = "data", warehouse: str | None = None,
+                    landing_kind: str = "synthetic", landing: str | None = None,
+                    landing_transactions: str | None = None, artifacts: str | None = None,
+                    s3_endpoint_url: str | None = None, start_month: str = DEFAULT_START_MONTH.isoformat(),
+                    end_month: str = DEFAULT_END_MONTH.isoformat(),
+                    fit_end_month: str = DEFAULT_FIT_END_MONTH.isoformat(), duckdb_memory_limit: str = "4GB",
+                    governance_db: str | None = None, require_approval: str | bool = "0",
+                    promotion_policy: str = "{}", pseudonymisation_key: str | None = None,
+                    audit_key: str | None = None, gpu_dispatch: str = "subprocess", gpu_image: str | None = None,
+                    k8s_namespace: str = "default", pipes_bucket: str | None = None) -> "Settings":
+        """Validated settings from raw values, each named after its ``ENV_VARS`` variable in errors. The keys are
+        arguments (their rules: core/secrets.py); only where each came from is kept, never the key itself."""
         if env not in ("dev", "prod"):
             raise SettingsError(f"PLE_ENV={env!r}: expected 'dev' or 'prod'")
-        data_dir = Path(e.get("PLE_DATA_DIR", "data")).resolve()
-        kind = e.get("PLE_LANDING_KIND", "synthetic")
-        if kind not in ("synthetic", "santander"):
-            raise SettingsError(f"PLE_LANDING_KIND={kind!r}: expected 'synthetic' or 'santander'")
+        root = Path(data_dir or "data").resolve()
+        if landing_kind not in ("synthetic", "santander"):
+            raise SettingsError(f"PLE_LANDING_KIND={landing_kind!r}: expected 'synthetic' or 'santander'")
         try:
-            start = parse_month(e.get("PLE_START_MONTH", DEFAULT_START_MONTH.isoformat()))
-            end = parse_month(e.get("PLE_END_MONTH", DEFAULT_END_MONTH.isoformat()))
-            fit_end = parse_month(e.get("PLE_FIT_END_MONTH", DEFAULT_FIT_END_MONTH.isoformat()))
+            start, end, fit_end = (parse_month(m) for m in (start_month, end_month, fit_end_month))
         except ValueError as err:
-            raise SettingsError(f"PLE_START_MONTH/PLE_END_MONTH: {err}") from None
+            raise SettingsError(f"PLE_START_MONTH/PLE_END_MONTH/PLE_FIT_END_MONTH: {err}") from None
         if end < start:
             raise SettingsError(f"PLE_END_MONTH {end} is before PLE_START_MONTH {start}")
-        txn = e.get("PLE_LANDING_TRANSACTIONS")
         try:
-            policy = json.loads(e.get("PLE_PROMOTION_POLICY") or "{}")
+            policy = json.loads(promotion_policy or "{}")
         except json.JSONDecodeError as err:
             raise SettingsError(f"PLE_PROMOTION_POLICY is not valid JSON: {err}") from None
         if not isinstance(policy, dict):
             raise SettingsError("PLE_PROMOTION_POLICY must be a JSON object of PromotionPolicy fields")
-        approval = e.get("PLE_REQUIRE_APPROVAL", "0").strip().lower()
+        approval = str(require_approval).strip().lower()
         if approval not in ("0", "1", "true", "false", "yes", "no", ""):
             raise SettingsError(f"PLE_REQUIRE_APPROVAL={approval!r}: expected 1/0, true/false or yes/no")
-        pseudonymisation = pseudonymisation_key_material(e)  # raises MissingSecretError in prod
-        audit = audit_key_material(e)
-        dispatch = e.get("PLE_GPU_DISPATCH", "subprocess")
-        if dispatch not in ("subprocess", "k8s"):
-            raise SettingsError(f"PLE_GPU_DISPATCH={dispatch!r}: expected 'subprocess' or 'k8s'")
-        if dispatch == "k8s" and not (e.get("PLE_GPU_IMAGE") and e.get("PLE_PIPES_BUCKET")):
+        pseudonymisation = pseudonymisation_key_from(pseudonymisation_key, env)  # raises MissingSecretError in prod
+        audit = audit_key_from(audit_key, env)
+        if gpu_dispatch not in ("subprocess", "k8s"):
+            raise SettingsError(f"PLE_GPU_DISPATCH={gpu_dispatch!r}: expected 'subprocess' or 'k8s'")
+        if gpu_dispatch == "k8s" and not (gpu_image and pipes_bucket):
             raise SettingsError("PLE_GPU_DISPATCH=k8s needs PLE_GPU_IMAGE (the GPU image) and PLE_PIPES_BUCKET "
                                 "(S3 bucket for Pipes messages)")
         return cls(
             env=env,
-            data_dir=data_dir,
-            warehouse_path=e.get("PLE_WAREHOUSE", str(data_dir / "warehouse.duckdb")),
-            landing_kind=kind,
-            landing_path=Path(e.get("PLE_LANDING", str(data_dir / "landing"))),
-            landing_transactions_path=Path(txn) if txn else None,
-            artifacts_uri=e.get("PLE_ARTIFACTS", str(data_dir / "artifacts")),
-            s3_endpoint_url=e.get("PLE_S3_ENDPOINT_URL") or None,
+            data_dir=root,
+            warehouse_path=warehouse or str(root / "warehouse.duckdb"),
+            landing_kind=landing_kind,
+            landing_path=Path(landing or root / "landing"),
+            landing_transactions_path=Path(landing_transactions) if landing_transactions else None,
+            artifacts_uri=artifacts or str(root / "artifacts"),
+            s3_endpoint_url=s3_endpoint_url or None,
             start_month=start,
             end_month=end,
             fit_end_month=max(start, min(fit_end, end)),
-            duckdb_memory_limit=e.get("PLE_DUCKDB_MEMORY_LIMIT", "4GB"),
-            governance_db=Path(e.get("PLE_GOVERNANCE_DB", str(data_dir / "governance.duckdb"))),
+            duckdb_memory_limit=duckdb_memory_limit or "4GB",
+            governance_db=Path(governance_db or root / "governance.duckdb"),
             require_approval=approval in ("1", "true", "yes"),
             promotion_policy=policy,
             pseudonymisation_key_source=pseudonymisation.source,
             audit_key_source=audit.source,
-            gpu_dispatch=dispatch,
-            gpu_image=e.get("PLE_GPU_IMAGE") or None,
-            k8s_namespace=e.get("PLE_K8S_NAMESPACE", "default"),
-            pipes_bucket=e.get("PLE_PIPES_BUCKET") or None,
+            gpu_dispatch=gpu_dispatch,
+            gpu_image=gpu_image or None,
+            k8s_namespace=k8s_namespace or "default",
+            pipes_bucket=pipes_bucket or None,
         )

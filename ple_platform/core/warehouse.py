@@ -126,13 +126,6 @@ def null_rates(con: duckdb.DuckDBPyConnection, qualified_table: str, month: date
     return {c: float(v or 0.0) for c, v in zip(cols, row)}
 
 
-def stored_months(con: duckdb.DuckDBPyConnection, qualified_table: str) -> list[date]:
-    try:
-        return [r[0] for r in con.execute(f"SELECT DISTINCT month FROM {qualified_table} ORDER BY 1").fetchall()]
-    except duckdb.CatalogException:
-        return []
-
-
 CUSTOMER_ATTRIBUTES = ("age", "gender", "province", "suitability_profile")
 
 

@@ -1,4 +1,10 @@
-"""The one monthly partitions definition every asset uses (snapshot months, keyed by their first day)."""
+"""The one monthly partitions definition every asset uses (snapshot months, keyed by their first day).
+
+Read from the environment (``PLE_START_MONTH``, ``PLE_END_MONTH``) when the definitions are imported, not through
+the settings resource: the partition set is a definition-time fact — Dagster needs it to build the asset graph,
+the UI's partition bars and backfills before any run (and any resource) exists. Settings that only a running
+step needs come from the ``settings`` resource (defs/resources.py).
+"""
 
 from __future__ import annotations
 

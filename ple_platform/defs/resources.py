@@ -10,6 +10,9 @@ with exponential backoff and lets every other error fail the step at once (docs/
 from __future__ import annotations
 
 import functools
+import json
+import inspect
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,10 +21,12 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 
 from ple_platform.core.data.landing import LandingSource
-from ple_platform.core.governance.audit.log import AuditLog, audit_key
+from ple_platform.core.governance.audit.log import AuditLog
 from ple_platform.core.governance.promotion.registry import Registry
 from ple_platform.core.governance.audit.store import GovernanceStore
-from ple_platform.core.settings import Settings
+from ple_platform.core.reasons_llm.config import LLMConfig
+from ple_platform.core.secrets import AUDIT_KEY_ENV_VAR, PSEUDONYMISATION_KEY_ENV_VAR, audit_key_from, pseudonymisation_key_from
+from ple_platform.core.settings import ENV_VARS, Settings
 from ple_platform.core.storage import ArtifactStore, artifact_store_from_uri
 from ple_platform.defs.gpu import GpuDispatchResource
 
@@ -135,11 +140,105 @@ class LandingZoneResource(dg.ConfigurableResource):
         )
 
 
+# One default per knob: the resource's field defaults are those of the core constructor.
+_SETTINGS_DEFAULTS = {name: p.default for name, p in inspect.signature(Settings.from_values).parameters.items()
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+class PlatformSettings(dg.ConfigurableResource):
+    """The platform's settings as a resource: the fields of ``Settings.from_values`` (each set by the environment
+    variable ``ENV_VARS`` names, see docs/operations.md) with the same local defaults. Assets and sensors read
+    settings only through it; the two HMAC keys arrive through ``dg.EnvVar`` (see :func:`build_resources`), so
+    they are resolved when a run starts and are never written into run config or the UI."""
+
+    env: str = _SETTINGS_DEFAULTS["env"]
+    data_dir: str = _SETTINGS_DEFAULTS["data_dir"]
+    warehouse: str | None = _SETTINGS_DEFAULTS["warehouse"]
+    landing_kind: str = _SETTINGS_DEFAULTS["landing_kind"]
+    landing: str | None = _SETTINGS_DEFAULTS["landing"]
+    landing_transactions: str | None = _SETTINGS_DEFAULTS["landing_transactions"]
+    artifacts: str | None = _SETTINGS_DEFAULTS["artifacts"]
+    s3_endpoint_url: str | None = _SETTINGS_DEFAULTS["s3_endpoint_url"]
+    start_month: str = _SETTINGS_DEFAULTS["start_month"]
+    end_month: str = _SETTINGS_DEFAULTS["end_month"]
+    fit_end_month: str = _SETTINGS_DEFAULTS["fit_end_month"]
+    duckdb_memory_limit: str = _SETTINGS_DEFAULTS["duckdb_memory_limit"]
+    governance_db: str | None = _SETTINGS_DEFAULTS["governance_db"]
+    require_approval: str = _SETTINGS_DEFAULTS["require_approval"]
+    promotion_policy: str = _SETTINGS_DEFAULTS["promotion_policy"]
+    pseudonymisation_key: str | None = _SETTINGS_DEFAULTS["pseudonymisation_key"]
+    audit_key: str | None = _SETTINGS_DEFAULTS["audit_key"]
+    gpu_dispatch: str = _SETTINGS_DEFAULTS["gpu_dispatch"]
+    gpu_image: str | None = _SETTINGS_DEFAULTS["gpu_image"]
+    k8s_namespace: str = _SETTINGS_DEFAULTS["k8s_namespace"]
+    pipes_bucket: str | None = _SETTINGS_DEFAULTS["pipes_bucket"]
+
+    @classmethod
+    def from_settings(cls, settings: Settings, keys: dict | None = None) -> "PlatformSettings":
+        """The resource for ``settings`` (already validated); ``keys`` maps the key fields to ``dg.EnvVar``s."""
+        return cls(
+            env=settings.env, data_dir=str(settings.data_dir), warehouse=settings.warehouse_path,
+            landing_kind=settings.landing_kind, landing=str(settings.landing_path),
+            landing_transactions=str(settings.landing_transactions_path) if settings.landing_transactions_path else None,
+            artifacts=settings.artifacts_uri, s3_endpoint_url=settings.s3_endpoint_url,
+            start_month=settings.start_month.isoformat(), end_month=settings.end_month.isoformat(),
+            fit_end_month=settings.fit_end_month.isoformat(), duckdb_memory_limit=settings.duckdb_memory_limit,
+            governance_db=str(settings.governance_db), require_approval="1" if settings.require_approval else "0",
+            promotion_policy=json.dumps(settings.promotion_policy, sort_keys=True), gpu_dispatch=settings.gpu_dispatch,
+            gpu_image=settings.gpu_image, k8s_namespace=settings.k8s_namespace, pipes_bucket=settings.pipes_bucket,
+            **(keys or {}))
+
+    def settings(self) -> Settings:
+        """The validated core settings (raises ``SettingsError`` / ``MissingSecretError`` naming the variable)."""
+        return Settings.from_values(**{name: getattr(self, name) for name in ENV_VARS})
+
+    def pseudonymisation_key_bytes(self) -> bytes:
+        return pseudonymisation_key_from(self.pseudonymisation_key, self.env).value
+
+    def audit_key_bytes(self) -> bytes:
+        return audit_key_from(self.audit_key, self.env).value
+
+
+class LLMResource(dg.ConfigurableResource):
+    """The LLM used by the monthly reviews' consensus judge (core/reasons_llm/config.py); no key = rules only.
+    Defaults are ``LLMConfig``'s; the API key arrives through ``dg.EnvVar``."""
+
+    api_key: str | None = None
+    base_url: str | None = None
+    model: str = LLMConfig.model
+    timeout_s: float = LLMConfig.timeout_s
+    max_retries: int = LLMConfig.max_retries
+    prompt_version: str = LLMConfig.prompt_version
+    stream: bool = LLMConfig.stream
+    judge_votes: int = LLMConfig.judge_votes
+    cache_path: str | None = None
+
+    @classmethod
+    def from_config(cls, config: LLMConfig, api_key=None) -> "LLMResource":
+        return cls(api_key=api_key, base_url=config.base_url, model=config.model, timeout_s=config.timeout_s,
+                   max_retries=config.max_retries, prompt_version=config.prompt_version, stream=config.stream,
+                   judge_votes=config.judge_votes, cache_path=str(config.cache_path) if config.cache_path else None)
+
+    def config(self) -> LLMConfig:
+        return LLMConfig(api_key=self.api_key or None, base_url=self.base_url, model=self.model,
+                         timeout_s=self.timeout_s, max_retries=self.max_retries, prompt_version=self.prompt_version,
+                         stream=self.stream, judge_votes=self.judge_votes,
+                         cache_path=Path(self.cache_path) if self.cache_path else None)
+
+
 class GovernanceResource(dg.ConfigurableResource):
     """Model registry and tamper-evident audit log (one small DuckDB file, locked per operation, so runs, the
-    sensor daemon and the CLI can all write). The audit key comes from ``PLE_AUDIT_KEY`` (required in prod)."""
+    sensor daemon and the CLI can all write). ``audit_key`` is the same ``dg.EnvVar("PLE_AUDIT_KEY")`` the
+    settings resource gets (required in prod); not a nested resource, whose config resolution in Dagster 1.13
+    calls a deprecated API on every run."""
 
     path: str
+    env: str = _SETTINGS_DEFAULTS["env"]
+    audit_key: str | None = _SETTINGS_DEFAULTS["audit_key"]
+    gpu_dispatch: str = _SETTINGS_DEFAULTS["gpu_dispatch"]
+    gpu_image: str | None = _SETTINGS_DEFAULTS["gpu_image"]
+    k8s_namespace: str = _SETTINGS_DEFAULTS["k8s_namespace"]
+    pipes_bucket: str | None = _SETTINGS_DEFAULTS["pipes_bucket"]
 
     def store(self) -> GovernanceStore:
         return GovernanceStore(self.path)
@@ -148,16 +247,36 @@ class GovernanceResource(dg.ConfigurableResource):
         return Registry(self.store())
 
     def audit_log(self) -> AuditLog:
-        return AuditLog(self.store(), audit_key())
+        return AuditLog(self.store(), audit_key_from(self.audit_key, self.env).value)
 
 
-def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+def _env_var_if_needed(var: str, env: str, environ) -> dg.EnvVar | None:
+    # Outside production an unset key means the documented dev default; dg.EnvVar of an unset variable would
+    # fail the run instead, so it is used only where the variable is set or required.
+    return dg.EnvVar(var) if (environ.get(var) or env == "prod") else None
+
+
+def _llm_key_var(environ) -> str | None:
+    return next((v for v in ("ANTHROPIC_API_KEY", "PLE_LLM_API_KEY") if environ.get(v)), None)
+
+
+def build_resources(settings: Settings, environ=None) -> dict[str, dg.ConfigurableResource]:
+    """Every resource, chosen for ``settings`` (validated, so a production deployment with a missing or published
+    key never loads). The only place the secrets are named: as ``dg.EnvVar``, resolved when a run starts."""
+    e = os.environ if environ is None else environ
+    audit_key = _env_var_if_needed(AUDIT_KEY_ENV_VAR, settings.env, e)
+    platform = PlatformSettings.from_settings(settings, {
+        "pseudonymisation_key": _env_var_if_needed(PSEUDONYMISATION_KEY_ENV_VAR, settings.env, e),
+        "audit_key": audit_key})
+    llm_key = _llm_key_var(e)
     return {
+        "settings": platform,
+        "llm": LLMResource.from_config(LLMConfig.from_env(e), dg.EnvVar(llm_key) if llm_key else None),
         "warehouse": WarehouseResource(
             database=settings.warehouse_path, connection_config={"memory_limit": settings.duckdb_memory_limit}
         ),
         "artifacts": ArtifactStoreResource(uri=settings.artifacts_uri, s3_endpoint_url=settings.s3_endpoint_url),
-        "governance": GovernanceResource(path=str(settings.governance_db)),
+        "governance": GovernanceResource(path=str(settings.governance_db), env=settings.env, audit_key=audit_key),
         "landing": LandingZoneResource(
             kind=settings.landing_kind,
             path=str(settings.landing_path),

@@ -38,6 +38,20 @@ def distillation_dataset_key(month: date) -> str:
     return f"distillation/{month.isoformat()}/dataset.npz"
 
 
+def bundle_pointer_key(month: date | str) -> str:
+    """Where model month ``month`` records the version of its latest registered bundle."""
+    return f"bundles/{month if isinstance(month, str) else month.isoformat()}/bundle.json"
+
+
+def write_bundle_pointer(store: ArtifactStore, month: date, version: str) -> None:
+    store.put(bundle_pointer_key(month), json.dumps({"version": version}).encode())
+
+
+def bundle_version_for(store: ArtifactStore, month: date | str) -> str:
+    """The version of model month ``month``'s latest registered bundle (``month`` as a date or ISO text)."""
+    return json.loads(store.get(bundle_pointer_key(month)))["version"]
+
+
 def load_student(store: ArtifactStore, month: date, task: str, expected_sha256: str) -> Student:
     model_str = store.get(student_model_key(month, task, expected_sha256)).decode("utf-8")
     sha = sha256_bytes(model_str.encode("utf-8"))

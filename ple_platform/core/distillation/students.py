@@ -94,9 +94,10 @@ class StudentConfig:
     gain_share: float = 0.95
     min_features: int = 32
     max_features: int = 400
-    selection_rounds: int = 100
-    num_boost_round: int = 1000
-    early_stopping_rounds: int = 50
+    # The recipe the platform runs (launchpad and direct calls alike); early stopping ends most fits well before.
+    selection_rounds: int = 60
+    num_boost_round: int = 400
+    early_stopping_rounds: int = 30
     params: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
     num_threads: int = 2

@@ -28,6 +28,7 @@ from ple_platform.core.features.panel import (
     subsample,
     transactions_window,
 )
+from ple_platform.core.reporting import json_ready
 from ple_platform.core.runtime import compute_threads
 from ple_platform.core.features.spec import (
     GMM_COMPONENTS,
@@ -270,7 +271,8 @@ def _simple(fn: Callable[[duckdb.DuckDBPyConnection, Population], np.ndarray]) -
 
 
 def _jsonable(metrics: dict) -> dict:
-    return {k: (float(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in metrics.items() if not isinstance(v, np.ndarray)}
+    """The fit's scalar metrics as JSON (arrays are state, kept out of the record)."""
+    return json_ready({k: v for k, v in metrics.items() if not isinstance(v, np.ndarray)})
 
 
 BUILDERS: dict[str, Callable[[BuildContext], GroupOutput]] = {

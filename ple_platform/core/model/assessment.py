@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import duckdb
@@ -30,7 +30,9 @@ import pyarrow as pa
 
 from ple_platform.core.data.schema import PRODUCT_NAMES, add_months
 from ple_platform.core.model.baselines import MANY_CLASS_OVERRIDES, predict_lightgbm, train_lightgbm_baselines
+from ple_platform.core.model.assessment_settings import AssessmentSettings  # noqa: F401  (re-exported)
 from ple_platform.core.model.data import MonthData
+from ple_platform.core.reporting import md_table
 from ple_platform.core.model.evaluate import (
     compare_predictions,
     evaluate_predictions,
@@ -50,21 +52,6 @@ from ple_platform.core.tasks.split import TimeSplit
 MODELS = ("teacher", "lightgbm", "vanilla_ple")
 GOAL_MEAN_AUC_MARGIN = 0.005  # issue #4: teacher >= baseline + 0.005 mean binary AUC
 GOAL_TASK_TOLERANCE = 0.005  # ... and no task worse than baseline - 0.005
-
-
-@dataclass(frozen=True)
-class AssessmentSettings:
-    n_boot: int = 200
-    lgb_num_boost_round: int = 400
-    lgb_early_stopping: int = 30
-    lgb_params: dict = field(default_factory=dict)  # over baselines.DEFAULT_PARAMS for every task (e.g. max_bin)
-    lgb_threads: int = 2
-    faithfulness_rows: int = 1024  # 1 + 7 forward passes over this many test customers
-    # The no-information control: (1 + n_perm) x 8 + 7 forward passes over this many test customers.
-    faithfulness_control_rows: int = 512
-    faithfulness_control_perms: int = 2
-    score_all_test_customers: bool = True  # False: only the teacher's training subsample of the test month
-    train_vanilla: bool = True
 
 
 def next_holdings(con: duckdb.DuckDBPyConnection, md: MonthData) -> np.ndarray:
@@ -206,26 +193,20 @@ def _fmt(m: dict | None) -> str:
 def results_markdown(result: dict) -> str:
     """Per-task primary metric of every model (95% CI), then mean binary AUC and MAP@7."""
     models = [m for m in MODELS if m in result["metrics"]]
-    lines = ["| task | metric | " + " | ".join(models) + " | teacher − lightgbm |",
-             "|---|---|" + "---|" * (len(models) + 1)]
     diff = result["differences"].get("teacher_minus_lightgbm", {})
-    for spec in TASKS:
-        metric = spec.primary_metric
-        cells = [_fmt(result["metrics"][m].get(spec.name, {}).get(metric)) for m in models]
-        lines.append(f"| {spec.name} | {metric} | " + " | ".join(cells)
-                     + f" | {_fmt(diff.get(spec.name, {}).get(metric))} |")
-    mean_auc = [f"{result['mean_binary_auc'][m]:.4f}" for m in models]
-    lines.append("| **mean binary AUC** | auc | " + " | ".join(mean_auc)
-                 + f" | {_fmt(diff.get('mean_binary_auc', {}).get('auc'))} |")
-    lines.append("| **MAP@7** (products) | map | " + " | ".join(_fmt(result["map_at_7"].get(m)) for m in models) + " | |")
-    return "\n".join(lines)
+    rows = [(spec.name, spec.primary_metric,
+             *(_fmt(result["metrics"][m].get(spec.name, {}).get(spec.primary_metric)) for m in models),
+             _fmt(diff.get(spec.name, {}).get(spec.primary_metric))) for spec in TASKS]
+    rows.append(("**mean binary AUC**", "auc", *(f"{result['mean_binary_auc'][m]:.4f}" for m in models),
+                 _fmt(diff.get("mean_binary_auc", {}).get("auc"))))
+    rows.append(("**MAP@7** (products)", "map", *(_fmt(result["map_at_7"].get(m)) for m in models), ""))
+    return md_table(["task", "metric", *models, "teacher − lightgbm"], rows)
 
 
 def gates_markdown(result: dict) -> str:
     """Per task: gate entropy, the zero-masking share (no control: random gates score ~0.7), the margin over the
     no-information control with its CI, and whether the gates pass (CI above 0 and margin >= the goal)."""
-    lines = ["| task | gate entropy | zero-masking share | margin over control [95% CI] | gates explain | "
-             "top expert (most often) |", "|---|---|---|---|---|---|"]
+    rows = []
     controls = result.get("gate_faithfulness_control", {})
     for task, ent in result["gate_entropy"].items():
         f = result["gate_faithfulness"].get(task, {})
@@ -234,6 +215,7 @@ def gates_markdown(result: dict) -> str:
         margin = (f"{m['value']:+.3f} [{m['lo']:+.3f}, {m['hi']:+.3f}]" if m else "–")
         verdict = "yes" if c.get("passes") else "no" if c else "–"
         top = max(f.get("top_expert_share", {"–": 0}).items(), key=lambda kv: kv[1])
-        lines.append(f"| {task} | {ent:.3f} | {f.get('share', float('nan')):.2f} | {margin} | {verdict} | "
-                     f"{top[0]} ({top[1]:.0%}) |")
-    return "\n".join(lines)
+        rows.append((task, f"{ent:.3f}", f"{f.get('share', float('nan')):.2f}", margin, verdict,
+                     f"{top[0]} ({top[1]:.0%})"))
+    return md_table(["task", "gate entropy", "zero-masking share", "margin over control [95% CI]", "gates explain",
+                     "top expert (most often)"], rows)

@@ -536,6 +536,3 @@ def concept_for(column: str) -> Concept:
         )
     raise GlossaryError(f"no glossary rule of group {group!r} matches column {column!r}; add one to glossary.RULES")
 
-
-def concepts_for(columns: tuple[str, ...] | list[str]) -> tuple[Concept, ...]:
-    return tuple(concept_for(c) for c in columns)

@@ -20,6 +20,7 @@ from ple_platform.core.distillation.bundle import (
     student_latest_key,
     student_meta_key,
     student_model_key,
+    write_bundle_pointer,
 )
 from ple_platform.core.distillation.dataset import DistillationData, build_distillation_data
 from ple_platform.core.distillation.fidelity import FidelityThresholds, fidelity
@@ -27,15 +28,17 @@ from ple_platform.core.distillation.students import StudentConfig, fit_task_stud
 from ple_platform.core.features.spec import FEATURE_GROUPS
 from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.core.governance.promotion.registry import ModelBundle, Route, StudentArtifact
-from ple_platform.core.model.baselines import MANY_CLASS_OVERRIDES
+from ple_platform.core.model.baselines import DEFAULT_PARAMS, MANY_CLASS_OVERRIDES
 from ple_platform.core.model.evaluate import evaluate_predictions
 from ple_platform.core.model.teacher import load_teacher
 from ple_platform.core.progress import milestone
+from ple_platform.core.reporting import json_ready, md_table  # NaN/inf -> None: the registry and audit log refuse NaN
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.spec import TASKS, TaskSpec
 from ple_platform.core.warehouse import partition_content_hash
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.automation import MODEL_CHAIN
+from ple_platform.defs.core_defaults import core_default
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import (
@@ -50,17 +53,6 @@ from ple_platform.defs.training.assets import teacher_checkpoint_key
 CODE_VERSION = source_version("ple_platform.core.distillation", "ple_platform.core.model", __name__)
 
 FIDELITY_CHECK = "fidelity_to_teacher"
-
-
-def _jsonable(obj):
-    """NaN/inf -> None so the JSON is strict (the registry and audit log refuse NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 @dg.asset(
@@ -97,31 +89,30 @@ def distillation_dataset(context: dg.AssetExecutionContext, warehouse: Warehouse
 class StudentRunConfig(dg.Config):
     """Distillation recipe and fidelity thresholds (docs/models.md explains each)."""
 
-    temperature: float = 2.0
-    alpha: float = 0.5
-    keep_share: float = 0.5
-    num_boost_round: int = 400
-    early_stopping_rounds: int = 30
-    selection_rounds: int = 60
-    max_bin: int = 255  # LightGBM binning (63 cuts split finding ~4x on small months)
-    num_leaves: int = 63
-    n_boot: int = 100
-    max_auc_gap: float = 0.03
-    min_spearman: float = 0.8
-    min_topk_agreement: float = 0.7
-    max_ece: float = 0.05
-    min_teacher_std: float = 0.02  # a near-constant teacher is nothing to be faithful to
-    min_teacher_auc: float = 0.55
+    temperature: float = core_default(StudentConfig, "temperature")
+    alpha: float = core_default(StudentConfig, "alpha")
+    keep_share: float = core_default(fit_task_students, "keep_share")
+    num_boost_round: int = core_default(StudentConfig, "num_boost_round")
+    early_stopping_rounds: int = core_default(StudentConfig, "early_stopping_rounds")
+    selection_rounds: int = core_default(StudentConfig, "selection_rounds")
+    max_bin: int = DEFAULT_PARAMS["max_bin"]  # LightGBM binning (63 cuts split finding ~4x on small months)
+    num_leaves: int = DEFAULT_PARAMS["num_leaves"]
+    n_boot: int = core_default(fit_task_students, "n_boot")
+    max_auc_gap: float = core_default(FidelityThresholds, "max_auc_gap")
+    min_spearman: float = core_default(FidelityThresholds, "min_spearman")
+    min_topk_agreement: float = core_default(FidelityThresholds, "min_topk_agreement")
+    max_ece: float = core_default(FidelityThresholds, "max_ece")
+    # a near-constant teacher is nothing to be faithful to
+    min_teacher_std: float = core_default(FidelityThresholds, "min_teacher_std")
+    min_teacher_auc: float = core_default(FidelityThresholds, "min_teacher_auc")
     route: str = "auto"  # "auto" (by validation evidence), or force "distill" / "direct" for ablations
 
 
 def _student_md(task: str, decision: dict, fid: dict, test: dict) -> str:
-    lines = [f"**route: {decision['route']}** — {decision['reason']}", "", "| fidelity metric | value | passed |",
-             "|---|---|---|"]
-    for name, value in fid["metrics"].items():
-        passed = fid["checks"].get(name)
-        lines.append(f"| {name} | {value:.4f} | {'' if passed is None else passed} |" if isinstance(value, float)
-                     else f"| {name} | {value} | {'' if passed is None else passed} |")
+    rows = [(name, f"{value:.4f}" if isinstance(value, float) else value,
+             "" if fid["checks"].get(name) is None else fid["checks"][name]) for name, value in fid["metrics"].items()]
+    lines = [f"**route: {decision['route']}** — {decision['reason']}", "",
+             md_table(["fidelity metric", "value", "passed"], rows)]
     metric = next(t.primary_metric for t in TASKS if t.name == task)
     m = test.get(metric, {})
     lines += ["", f"test-month {metric}: {m.get('value', float('nan')):.4f} "
@@ -176,7 +167,7 @@ def build_student_asset(spec: TaskSpec) -> dg.AssetsDefinition:
         test_metrics = evaluate_predictions({spec.name: te.labels[spec.name]}, {spec.name: pred},
                                             n_boot=config.n_boot, seed=0)[spec.name]
         decision = fitted.decision.to_dict()
-        meta = _jsonable({"student": student.to_dict(), "routing": decision, "validation": fitted.validation,
+        meta = json_ready({"student": student.to_dict(), "routing": decision, "validation": fitted.validation,
                           "fidelity": {**fid, "applicable": applicable, "check_passed": passed},
                           "test": test_metrics, "model_month": month.isoformat()})
         sha = student.model_sha256
@@ -258,7 +249,7 @@ def model_bundle(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         teacher_sha256=teacher_sha, code_version=payload["code_version"],
         train_months=tuple(date.fromisoformat(m) for m in split["train"]),
         validation_month=date.fromisoformat(split["validation"]), test_month=date.fromisoformat(split["test"]),
-        students=students, routing={t: _jsonable(m["routing"]) for t, m in metas.items()},
+        students=students, routing={t: json_ready(m["routing"]) for t, m in metas.items()},
         feature_hashes=feature_hashes, run_id=context.run.run_id,
     )
     registry = governance.registry()
@@ -266,12 +257,13 @@ def model_bundle(context: dg.AssetExecutionContext, warehouse: WarehouseResource
     governance.audit_log().append(AuditEvent.REGISTRATION, version, {
         "bundle_sha256": bundle_sha, "model_month": month.isoformat(), "run_id": context.run.run_id,
         "teacher_sha256": teacher_sha, "routes": {t: s.route.value for t, s in students.items()}})
-    store.put(f"bundles/{month.isoformat()}/bundle.json", json.dumps({"version": version}).encode())
-    routes = "\n".join(f"| {t} | {s.route.value} | {s.metrics['fidelity_passed']} |" for t, s in students.items())
+    write_bundle_pointer(store, month, version)
+    routes = md_table(["task", "route", "fidelity check"],
+                      [(t, s.route.value, s.metrics["fidelity_passed"]) for t, s in students.items()])
     return dg.MaterializeResult(
         metadata={"version": version, "bundle_sha256": bundle_sha, "teacher_sha256": teacher_sha,
                   "code_version": payload["code_version"],
-                  "routing": dg.MetadataValue.md("| task | route | fidelity check |\n|---|---|---|\n" + routes),
+                  "routing": dg.MetadataValue.md(routes),
                   "feature_hashes": dg.MetadataValue.json(feature_hashes)},
         data_version=dg.DataVersion(bundle_sha),
     )

@@ -19,7 +19,8 @@ from datetime import date
 
 import dagster as dg
 
-from ple_platform.core.distillation.bundle import distillation_dataset_key, load_bundle_students, predict_bundle
+from ple_platform.core.distillation.bundle import (bundle_version_for, distillation_dataset_key, load_bundle_students,
+                                                   predict_bundle)
 from ple_platform.core.distillation.dataset import DistillationData
 from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.core.governance.promotion.challenger import evaluate_challenger
@@ -33,24 +34,22 @@ from ple_platform.core.governance.promotion.flow import (
     execute_promotion,
     judge_challenger,
 )
-from ple_platform.core.settings import Settings
+from ple_platform.core.reporting import json_ready, md_table
 from ple_platform.core.tasks.spec import TASKS
 from ple_platform.core.warehouse import customer_attributes
 from ple_platform.core.versioning import source_version
-from ple_platform.defs.distillation.assets import FIDELITY_CHECK, _jsonable
+from ple_platform.defs.distillation.assets import FIDELITY_CHECK
 from ple_platform.defs.automation import MODEL_CHAIN
+from ple_platform.defs.core_defaults import core_default
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
+from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, PlatformSettings, WarehouseResource
 
 # Changes with the source that computes these assets (docs/architecture.md, code versions).
 CODE_VERSION = source_version("ple_platform.core.governance.promotion", __name__)
 
+# A definition-time fact (the sensor's declared interval), so read at import like the partitions (defs/partitions.py).
 SENSOR_INTERVAL_SECONDS = int(os.environ.get("PLE_SENSOR_INTERVAL_SECONDS", "30"))
-
-
-def bundle_version_for(store, month: date) -> str:
-    return json.loads(store.get(f"bundles/{month.isoformat()}/bundle.json"))["version"]
 
 
 def evaluation_key(month: date) -> str:
@@ -58,12 +57,13 @@ def evaluation_key(month: date) -> str:
 
 
 class ChallengerEvaluationConfig(dg.Config):
-    n_boot: int = 200
-    min_group_size: int = 50  # smaller groups are "insufficient evidence", never a pass
+    n_boot: int = core_default(evaluate_challenger, "n_boot")
+    # smaller groups are "insufficient evidence", never a pass
+    min_group_size: int = core_default(evaluate_challenger, "min_group_size")
 
 
 def _comparison_md(ev: dict) -> str:
-    lines = ["| task | metric | challenger | champion | difference [95% CI] |", "|---|---|---|---|---|"]
+    rows = []
     for spec in TASKS:
         m = spec.primary_metric
         ch = ev["challenger"].get(spec.name, {}).get(m, {}).get("value")
@@ -71,8 +71,8 @@ def _comparison_md(ev: dict) -> str:
         d = (ev.get("difference") or {}).get(spec.name, {}).get(m, {})
         fmt = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
         diff = "–" if not d or d.get("value") is None else f"{d['value']:+.4f} [{fmt(d.get('lo'))}, {fmt(d.get('hi'))}]"
-        lines.append(f"| {spec.name} | {m} | {fmt(ch)} | {fmt(cp)} | {diff} |")
-    return "\n".join(lines)
+        rows.append((spec.name, m, fmt(ch), fmt(cp), diff))
+    return md_table(["task", "metric", "challenger", "champion", "difference [95% CI]"], rows)
 
 
 @dg.asset(
@@ -110,7 +110,7 @@ def challenger_evaluation(context: dg.AssetExecutionContext, config: ChallengerE
     evaluation = evaluate_challenger(part.labels, challenger_preds, champion_preds, groups, n_boot=config.n_boot,
                                      min_group_size=config.min_group_size)
     checks = {f"student_{t}/{FIDELITY_CHECK}": bool(s.metrics.get("fidelity_passed")) for t, s in bundle.students.items()}
-    evaluation = _jsonable({**evaluation, "version": version, "champion_version": champion.version if champion else None,
+    evaluation = json_ready({**evaluation, "version": version, "champion_version": champion.version if champion else None,
                             "test_month": bundle.test_month.isoformat(), "checks": checks,
                             "bundle_sha256": bundle.bundle_sha256})
     payload = json.dumps(evaluation, sort_keys=True).encode()
@@ -136,14 +136,14 @@ class PromotionRunConfig(dg.Config):
 
 @dg.asset(group_name="governance", kinds={"duckdb"}, owners=["team:model-risk"], code_version=CODE_VERSION)
 def champion_model(context: dg.AssetExecutionContext, config: PromotionRunConfig,
-                   governance: GovernanceResource) -> dg.MaterializeResult:
+                   governance: GovernanceResource, settings: PlatformSettings) -> dg.MaterializeResult:
     """The serving champion: changed only by a promotion run executing a recorded promote/bootstrap decision
     (and, in approval mode, only with an approval of that decision's evidence)."""
     registry, audit = governance.registry(), governance.audit_log()
     previous = registry.champion()
     try:
         changed = execute_promotion(registry, audit, config.version, config.decision_id,
-                                    require_approval=Settings.from_env().require_approval,
+                                    require_approval=settings.settings().require_approval,
                                     actor=f"dagster-run:{context.run.run_id}")
     except (PromotionFlowError, ValueError) as err:
         raise dg.Failure(description=f"promotion of {config.version} refused: {err}") from None
@@ -165,7 +165,7 @@ reevaluate_challenger_job = dg.define_asset_job("reevaluate_challenger", selecti
 class ApprovalConfig(dg.Config):
     version: str
     approver: str
-    note: str = ""
+    note: str = core_default(approve_challenger, "note")
 
 
 @dg.op
@@ -184,8 +184,8 @@ def approve_challenger_job():
     record_approval()
 
 
-def _policy() -> PromotionPolicy:
-    settings = Settings.from_env()
+def _policy(settings: PlatformSettings) -> PromotionPolicy:
+    settings = settings.settings()
     return PromotionPolicy.from_dict({**settings.promotion_policy, "require_approval": settings.require_approval})
 
 
@@ -232,12 +232,12 @@ def _judge(context, governance, store, month: str, policy: PromotionPolicy, run_
     description="Promotes a challenger when the promotion rules pass, records a rejection with reasons otherwise",
 )
 def champion_challenger_sensor(context: dg.SensorEvaluationContext, governance: GovernanceResource,
-                               artifacts: ArtifactStoreResource) -> dg.SensorResult:
+                               artifacts: ArtifactStoreResource, settings: PlatformSettings) -> dg.SensorResult:
     cursor = json.loads(context.cursor) if context.cursor else {"after": None, "pending": []}
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=challenger_evaluation.key, after_storage_id=cursor["after"]),
         limit=20, ascending=True).records
-    store, policy = artifacts.store(), _policy()
+    store, policy = artifacts.store(), _policy(settings)
     run_requests: list[dg.RunRequest] = []
     events: list[dg.AssetObservation] = []
     pending = set(cursor["pending"])

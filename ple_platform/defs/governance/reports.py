@@ -12,6 +12,7 @@ import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
 from ple_platform.core.governance.audit.log import AuditEvent, AuditIntegrityError
+from ple_platform.core.reporting import md_table
 from ple_platform.core.recommend.monthly import (
     LANGS,
     TABLE,
@@ -20,12 +21,13 @@ from ple_platform.core.recommend.monthly import (
     summary_key,
     write_recommendations,
 )
-from ple_platform.core.settings import Settings
 from ple_platform.core.versioning import source_version
+from ple_platform.core.governance.compliance.evidence_settings import EvidenceSettings
 from ple_platform.defs.automation import MONTHLY_OUTPUT_FRESHNESS
+from ple_platform.defs.core_defaults import core_default
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, WarehouseResource
+from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, PlatformSettings, WarehouseResource
 
 # Change with the source that computes each asset (docs/architecture.md, code versions).
 RECOMMENDATIONS_VERSION = source_version("ple_platform.core.recommend", "ple_platform.core.model", __name__)
@@ -76,8 +78,8 @@ def recommendations(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     governance.audit_log().append(AuditEvent.RECOMMENDATION, f"recommendations/{month.isoformat()}", {
         "version": bundle.version, "bundle_sha256": bundle.bundle_sha256, "n": n, "customers": batch.customers,
         "content_hash": content_hash, "run_id": context.run.run_id}, actor=f"dagster-run:{context.run.run_id}")
-    md_sample = "| customer | rank | product | score | reason (en) |\n|---|---|---|---|---|\n" + "\n".join(
-        f"| {c[:10]}… | {r} | {p} | {s} | {t.replace('|', '/')} |" for c, r, p, s, t in sample)
+    md_sample = md_table(["customer", "rank", "product", "score", "reason (en)"],
+                         [(f"{c[:10]}…", r, p, s, t) for c, r, p, s, t in sample])
     n_reasons = batch.n_reasons
     return dg.MaterializeResult(
         metadata={"dagster/row_count": n, "rows": n, "customers": batch.customers,
@@ -94,16 +96,15 @@ def recommendations(context: dg.AssetExecutionContext, warehouse: WarehouseResou
 
 
 class ComplianceReportConfig(dg.Config):
-    n_boot: int = 200
-    min_group_size: int = 50  # smaller groups are "insufficient evidence", never a pass
+    n_boot: int = core_default(EvidenceSettings, "n_boot")
+    # smaller groups are "insufficient evidence", never a pass
+    min_group_size: int = core_default(EvidenceSettings, "min_group_size")
 
 
 def _checklist_md(report: dict) -> str:
-    lines = ["| control | status | first finding |", "|---|---|---|"]
-    for c in report["checklist"]:
-        detail = (c["detail"][0] if c["detail"] else "").replace("|", "/")
-        lines.append(f"| {c['id']} {c['title_en']} | {c['status']} | {detail} |")
-    return "\n".join(lines)
+    return md_table(["control", "status", "first finding"],
+                    [(f"{c['id']} {c['title_en']}", c["status"], c["detail"][0] if c["detail"] else "")
+                     for c in report["checklist"]])
 
 
 @dg.asset(
@@ -118,16 +119,16 @@ def _checklist_md(report: dict) -> str:
 )
 def compliance_report(context: dg.AssetExecutionContext, config: ComplianceReportConfig,
                       warehouse: WarehouseResource, artifacts: ArtifactStoreResource,
-                      governance: GovernanceResource) -> dg.MaterializeResult:
+                      governance: GovernanceResource, settings: PlatformSettings) -> dg.MaterializeResult:
     """Model card, EU AI Act Annex IV and the FSS/AI Basic Act checklist of month t, from evidence only
     (absent evidence reads "missing evidence"); HTML with plots + JSON, audit-logged."""
     # The evidence loader and renderer bring torch and matplotlib: loaded per run, not with the definitions.
     from ple_platform.core.governance.compliance import report as rpt
-    from ple_platform.core.governance.compliance.evidence import EvidenceError, EvidenceSettings, collect_evidence
+    from ple_platform.core.governance.compliance.evidence import EvidenceError, collect_evidence
 
     month = date.fromisoformat(context.partition_key)
     store = artifacts.store()
-    settings = Settings.from_env()
+    settings = settings.settings()
     evidence_settings = EvidenceSettings(
         n_boot=config.n_boot, min_group_size=config.min_group_size, landing_kind=settings.landing_kind,
         require_approval=settings.require_approval,

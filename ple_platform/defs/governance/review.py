@@ -9,18 +9,15 @@ collected per month anywhere yet, so ``serving_health`` reads "insufficient" unt
 """
 
 import json
-from datetime import date
 
 import dagster as dg
 
 from ple_platform.core.governance.audit.log import AuditEvent, AuditIntegrityError
 from ple_platform.core.governance.review import agents
 from ple_platform.core.governance.review.agents import MonthEvidence, Review
-from ple_platform.core.reasons_llm.config import LLMConfig
-from ple_platform.core.settings import Settings
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.partitions import MONTHLY
-from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource
+from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, LLMResource, PlatformSettings
 
 # Changes with the source that computes these assets (docs/architecture.md, code versions).
 CODE_VERSION = source_version("ple_platform.core.governance.review", __name__)
@@ -54,10 +51,11 @@ def collect_dagster_evidence(instance: dg.DagsterInstance, month: str, exclude_r
     return {"runs": runs or None, "checks": checks or None, "materializations": materializations}
 
 
-def _month_evidence(context: dg.AssetExecutionContext, governance: GovernanceResource) -> MonthEvidence:
+def _month_evidence(context: dg.AssetExecutionContext, governance: GovernanceResource,
+                    settings: PlatformSettings) -> MonthEvidence:
     month = context.partition_key
     found = collect_dagster_evidence(context.instance, month, exclude_run_id=context.run.run_id)
-    report_path = Settings.from_env().data_dir / "reports" / f"compliance_report_{month}.json"
+    report_path = settings.settings().data_dir / "reports" / f"compliance_report_{month}.json"
     compliance = json.loads(report_path.read_text()) if report_path.exists() else None
     verify = governance.audit_log().verify()
     decisions = [{"version": d.version, "decision": d.outcome.value, "reasons": list(d.reasons)}
@@ -86,18 +84,18 @@ def _publish(context: dg.AssetExecutionContext, review: Review, artifacts: Artif
 @dg.asset(group_name="governance", partitions_def=MONTHLY, deps=["compliance_report"], kinds={"json"},
           owners=["team:ml-platform"], code_version=CODE_VERSION)
 def ops_review(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource,
-               governance: GovernanceResource) -> dg.MaterializeResult:
+               governance: GovernanceResource, settings: PlatformSettings, llm: LLMResource) -> dg.MaterializeResult:
     """Ops findings of month t: runs, asset checks, materializations and serving health from the instance's
     records (missing evidence is "insufficient", never PASS); 3-vote LLM consensus when a key is set."""
-    review = agents.ops_review(_month_evidence(context, governance), EXPECTED_ASSETS, LLMConfig.from_env())
+    review = agents.ops_review(_month_evidence(context, governance, settings), EXPECTED_ASSETS, llm.config())
     return _publish(context, review, artifacts, governance)
 
 
 @dg.asset(group_name="governance", partitions_def=MONTHLY, deps=["compliance_report"], kinds={"json"},
           owners=["team:model-risk"], code_version=CODE_VERSION)
 def audit_review(context: dg.AssetExecutionContext, artifacts: ArtifactStoreResource,
-                 governance: GovernanceResource) -> dg.MaterializeResult:
+                 governance: GovernanceResource, settings: PlatformSettings, llm: LLMResource) -> dg.MaterializeResult:
     """Audit findings of month t: audit chain, compliance controls, registry decisions (missing evidence is
     "insufficient", never PASS); 3-vote LLM consensus when a key is set."""
-    review = agents.audit_review(_month_evidence(context, governance), LLMConfig.from_env())
+    review = agents.audit_review(_month_evidence(context, governance, settings), llm.config())
     return _publish(context, review, artifacts, governance)

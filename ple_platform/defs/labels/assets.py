@@ -10,7 +10,6 @@ import dagster as dg
 
 from ple_platform.core.data.schema import add_months
 from ple_platform.core.features.fits import FitPolicy, FitStore
-from ple_platform.core.settings import Settings
 from ple_platform.core.tasks.labels import (
     LABEL_TABLE,
     LabelsUnavailable,
@@ -22,12 +21,13 @@ from ple_platform.core.tasks.labels import (
     write_labels,
 )
 from ple_platform.core.tasks.spec import TASKS
+from ple_platform.core.reporting import md_table
 from ple_platform.core.warehouse import partition_content_hash
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.automation import LABELS
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource
+from ple_platform.defs.resources import ArtifactStoreResource, PlatformSettings, WarehouseResource
 
 # Changes with the source that computes these assets (docs/architecture.md, code versions).
 CODE_VERSION = source_version("ple_platform.core.tasks", __name__)
@@ -36,7 +36,7 @@ CHECK = "every_task_learnable"
 
 
 def _summary_md(summary: dict[str, dict]) -> str:
-    lines = ["| task | rows | null rate | rate / classes / mean±std |", "|---|---|---|---|"]
+    rows = []
     for name, s in summary.items():
         if "positive_rate" in s:
             stat = f"{s['positive_rate']:.2%} positive"
@@ -44,8 +44,8 @@ def _summary_md(summary: dict[str, dict]) -> str:
             stat = f"{s['n_classes_present']} classes, majority {s['majority_share']:.1%}"
         else:
             stat = f"{s['mean']:.3f} ± {s['std']:.3f}"
-        lines.append(f"| {name} | {s['rows']} | {s['null_rate']:.1%} | {stat} |")
-    return "\n".join(lines)
+        rows.append((name, s["rows"], f"{s['null_rate']:.1%}", stat))
+    return md_table(["task", "rows", "null rate", "rate / classes / mean±std"], rows)
 
 
 @dg.asset(
@@ -68,11 +68,12 @@ def _summary_md(summary: dict[str, dict]) -> str:
     automation_condition=LABELS,
     metadata={"dagster/table_name": LABEL_TABLE, "tasks": len(TASKS)},
 )
-def task_labels(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource):
+def task_labels(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource,
+                settings: PlatformSettings):
     """The 13 task labels of month t (7 binary, 2 multiclass, 4 regression), measured between snapshot t
     and snapshot t+1. NULL = undefined for that customer, never a fake zero."""
     month = date.fromisoformat(context.partition_key)
-    settings = Settings.from_env()
+    settings = settings.settings()
     policy = FitPolicy(fit_end=settings.fit_end_month, first_month=settings.start_month)
     with warehouse.get_connection() as con:
         ensure_label_table(con)

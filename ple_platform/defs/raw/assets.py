@@ -14,7 +14,7 @@ from ple_platform.core.data import raw_checks
 from ple_platform.core.data.landing import validated_month
 from ple_platform.core.data.schema import RAW_TABLES, TABLE_SCHEMAS
 from ple_platform.core.data.validation import RawDataError
-from ple_platform.core.governance.audit.pseudonymise import hmac_sql, pseudonymisation_key
+from ple_platform.core.governance.audit.pseudonymise import hmac_sql
 from ple_platform.core.warehouse import (
     duckdb_type,
     ensure_raw_table,
@@ -26,10 +26,12 @@ from ple_platform.core.warehouse import (
 )
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.core.governance.audit.log import AuditEvent
+from ple_platform.core.reporting import md_table
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.resources import (
     GovernanceResource,
     LandingZoneResource,
+    PlatformSettings,
     WarehouseResource,
     retry_transient_io,
 )
@@ -60,8 +62,8 @@ def _insert_select(table: str, validated_sql: str, key: bytes) -> str:
 
 
 def _null_rate_table(rates: dict[str, float]) -> str:
-    rows = [f"| {c} | {r:.1%} |" for c, r in rates.items() if c not in ("customer_id", "month")]
-    return "| column | null rate |\n|---|---|\n" + "\n".join(rows)
+    return md_table(["column", "null rate"], [(c, f"{r:.1%}") for c, r in rates.items()
+                                              if c not in ("customer_id", "month")])
 
 
 def _column_schema(table: str) -> dg.TableSchema:
@@ -90,9 +92,9 @@ def build_raw_asset(table: str) -> dg.AssetsDefinition:
     )
     @retry_transient_io
     def _raw(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
-             governance: GovernanceResource):
+             governance: GovernanceResource, settings: PlatformSettings):
         month = date.fromisoformat(context.partition_key)
-        key = pseudonymisation_key()
+        key = settings.pseudonymisation_key_bytes()
         with warehouse.get_connection() as con:
             try:
                 # Errors quote customers by pseudonym: the message lands in run storage and the UI.

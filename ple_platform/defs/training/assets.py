@@ -14,15 +14,20 @@ from pathlib import Path
 import dagster as dg
 
 from ple_platform.core.features.spec import FEATURE_GROUPS
-from ple_platform.core.model.teacher import TeacherSettings, code_version, load_teacher_data, teacher_checkpoint_key
-from ple_platform.core.settings import Settings
+from ple_platform.core.model.assessment_settings import AssessmentSettings
+from ple_platform.core.model.baselines import DEFAULT_PARAMS
+from ple_platform.core.model.ple_config import PLEConfig
+from ple_platform.core.model.teacher import (TeacherSettings, code_version, fit_teacher, load_teacher_data,
+                                             teacher_checkpoint_key)
+from ple_platform.core.reporting import json_ready, md_table
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.split import SplitError
 from ple_platform.defs.gpu import GPU_POOL, GpuDispatchResource
 from ple_platform.defs.automation import MODEL_CHAIN
+from ple_platform.defs.core_defaults import core_default
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
-from ple_platform.defs.resources import ArtifactStoreResource, WarehouseResource, retry_transient_io
+from ple_platform.defs.resources import ArtifactStoreResource, PlatformSettings, WarehouseResource, retry_transient_io
 
 HISTORY = dg.TimeWindowPartitionMapping(start_offset=-16, end_offset=0, allow_nonexistent_upstream_partitions=True)
 
@@ -31,19 +36,19 @@ class TeacherRunConfig(dg.Config):
     """Launchpad knobs. By default every eligible customer of every month trains the teacher (and, through its
     checkpoint, the students); ``max_customers_per_month`` > 0 trains on a recorded per-month sample instead."""
 
-    max_customers_per_month: int | None = None
-    epochs: int = 3
-    batch_size: int = 256
-    seed: int = 7
-    expert_kind: str = "heterogeneous"
-    expert_dim: int = 64
-    n_layers: int = 3
-    resume: bool = False
+    max_customers_per_month: int | None = core_default(TeacherSettings, "max_customers_per_month")
+    epochs: int = core_default(TeacherSettings, "epochs")
+    batch_size: int = core_default(TeacherSettings, "batch_size")
+    seed: int = core_default(TeacherSettings, "seed")
+    expert_kind: str = core_default(TeacherSettings, "expert_kind")
+    expert_dim: int = core_default(PLEConfig, "expert_dim")
+    n_layers: int = core_default(PLEConfig, "n_layers")
+    resume: bool = core_default(fit_teacher, "resume")
 
 
 def _md_metrics(metrics: dict[str, float]) -> str:
-    rows = [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if "/" in k or k in ("composite", "mean_binary_auc")]
-    return "| validation metric | value |\n|---|---|\n" + "\n".join(rows)
+    return md_table(["validation metric", "value"], [(k, f"{v:.4f}") for k, v in sorted(metrics.items())
+                                                      if "/" in k or k in ("composite", "mean_binary_auc")])
 
 
 def teacher_inputs_key(month: date) -> str:
@@ -70,14 +75,15 @@ def teacher_resume_key(month: date) -> str:
 )
 @retry_transient_io
 def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, warehouse: WarehouseResource,
-                artifacts: ArtifactStoreResource, gpu: GpuDispatchResource) -> dg.MaterializeResult:
+                artifacts: ArtifactStoreResource, gpu: GpuDispatchResource,
+                settings: PlatformSettings) -> dg.MaterializeResult:
     """PLE teacher with 7 heterogeneous experts (DeepFM, temporal ensemble, HGCN, PersLay, LightGCN, causal,
     optimal transport) learning the 13 tasks. Loads its inputs, closes the warehouse, exports them to the
     artifact store and trains through Dagster Pipes: a local subprocess by default, a GPU pod in production."""
     from ple_platform.core.model.handoff import pack_teacher_inputs
 
     month = date.fromisoformat(context.partition_key)
-    settings = Settings.from_env()
+    fit_end = settings.settings().fit_end_month
     run = TeacherSettings(
         max_customers_per_month=config.max_customers_per_month or None,
         epochs=config.epochs,
@@ -88,7 +94,7 @@ def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, war
     )
     with warehouse.get_connection() as con:
         try:
-            data = load_teacher_data(con, month, settings.fit_end_month, run)
+            data = load_teacher_data(con, month, fit_end, run)
         except SplitError as err:
             raise dg.Failure(description=str(err)) from None
     # The warehouse connection is closed here: the file lock is free for writers during the whole fit.
@@ -155,22 +161,13 @@ def ple_teacher(context: dg.AssetExecutionContext, config: TeacherRunConfig, war
 class EvaluationRunConfig(dg.Config):
     """Bootstrap replicates and the LightGBM baseline's budget; the vanilla PLE can be skipped when iterating."""
 
-    n_boot: int = 200
-    lgb_num_boost_round: int = 400
-    lgb_early_stopping: int = 30
-    lgb_max_bin: int = 255  # binning of the shared LightGBM matrix: 63 bins cut split finding ~4x on small months
-    lgb_num_leaves: int = 63
-    train_vanilla_ple: bool = True
-
-
-def _round(obj):
-    if isinstance(obj, float):
-        return round(obj, 5)
-    if isinstance(obj, dict):
-        return {k: _round(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_round(v) for v in obj]
-    return obj
+    n_boot: int = core_default(AssessmentSettings, "n_boot")
+    lgb_num_boost_round: int = core_default(AssessmentSettings, "lgb_num_boost_round")
+    lgb_early_stopping: int = core_default(AssessmentSettings, "lgb_early_stopping")
+    # binning of the shared LightGBM matrix: 63 bins cut split finding ~4x on small months
+    lgb_max_bin: int = DEFAULT_PARAMS["max_bin"]
+    lgb_num_leaves: int = DEFAULT_PARAMS["num_leaves"]
+    train_vanilla_ple: bool = core_default(AssessmentSettings, "train_vanilla")
 
 
 @dg.asset(
@@ -188,7 +185,7 @@ def teacher_evaluation(context: dg.AssetExecutionContext, config: EvaluationRunC
     """Out-of-time test month (t-1): the teacher vs per-task LightGBM on the same 1,211 features vs a vanilla
     PLE with MLP experts, with bootstrap CIs, MAP@7 of the product ranking, gate entropy and gate faithfulness."""
     # torch, LightGBM and scikit-learn load here, not when the definitions load
-    from ple_platform.core.model.assessment import AssessmentSettings, assess_teacher, gates_markdown, results_markdown
+    from ple_platform.core.model.assessment import assess_teacher, gates_markdown, results_markdown
 
     month = date.fromisoformat(context.partition_key)
     store = artifacts.store()
@@ -203,7 +200,7 @@ def teacher_evaluation(context: dg.AssetExecutionContext, config: EvaluationRunC
     workdir = Path(tempfile.gettempdir()) / "ple_teacher_evaluation" / month.isoformat()
     with warehouse.get_connection() as con:
         result = assess_teacher(con, checkpoint, workdir, settings)
-    payload = json.dumps(_round(result), sort_keys=True, default=str).encode()
+    payload = json.dumps(json_ready(result, "teacher_evaluation", digits=5), sort_keys=True).encode()
     uri, sha = store.put(f"teacher/{month.isoformat()}/evaluation.json", payload)
     goal = result["goal"]
     return dg.MaterializeResult(

@@ -21,20 +21,19 @@ without a migration step. ``canonical_json`` is the one JSON encoding that hashe
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import fcntl
 import json
-import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
+
+from ple_platform.core.reporting import json_ready
 
 SCHEMA_VERSION = 1
 _ALIAS = "governance"  # catalog name of the attached file
@@ -110,30 +109,7 @@ def to_jsonable(value: Any, where: str = "value") -> Any:
     Raises ``CanonicalJSONError`` naming the offending path (e.g. ``payload['metrics']['auc']``) for non-string
     mapping keys, non-finite floats (not valid JSON) and any other type.
     """
-    if value is None or isinstance(value, (bool, str, int)) and not isinstance(value, enum.Enum):
-        return value
-    if isinstance(value, enum.Enum):
-        return to_jsonable(value.value, where)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise CanonicalJSONError(f"{where}: {value!r} is not valid JSON (convert NaN/inf to null or a string)")
-        return float(value)
-    if isinstance(value, np.generic):
-        return to_jsonable(value.item(), where)
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist(), where)
-    if isinstance(value, (dt.date, dt.datetime)):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise CanonicalJSONError(f"{where}: key {k!r} is a {type(k).__name__}; JSON object keys must be str")
-            out[str(k)] = to_jsonable(v, f"{where}[{k!r}]")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    raise CanonicalJSONError(f"{where}: {type(value).__name__} value {value!r:.80} is not JSON-serialisable")
+    return json_ready(value, where, nonfinite="raise", keys="raise", error=CanonicalJSONError)
 
 
 def canonical_json(value: Any, where: str = "value") -> str:

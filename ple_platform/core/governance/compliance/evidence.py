@@ -11,7 +11,6 @@ content hash differs from the summary's), the batch's counts are not evidence an
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import date
 
 import duckdb
@@ -25,6 +24,7 @@ from ple_platform.core.features.spec import FEATURE_GROUPS, all_columns
 from ple_platform.core.governance.compliance import report as rpt
 from ple_platform.core.governance.audit.log import AuditLog
 from ple_platform.core.governance.compliance.drift import drift_table
+from ple_platform.core.governance.compliance.evidence_settings import EvidenceSettings  # noqa: F401  (re-exported)
 from ple_platform.core.governance.compliance.fairness import fairness_report, protected_groups
 from ple_platform.core.governance.promotion.registry import Registry
 from ple_platform.core.model.data import LABEL_TABLE, load_month, month_customer_ids
@@ -40,17 +40,6 @@ CALIBRATION_BINS = 10
 
 class EvidenceError(ValueError):
     """The report cannot be built for this month (no recommendation batch to report on)."""
-
-
-@dataclass(frozen=True)
-class EvidenceSettings:
-    n_boot: int = 200
-    min_group_size: int = 50  # smaller groups are "insufficient evidence", never a pass
-    landing_kind: str = "synthetic"
-    require_approval: bool = False
-    # Where each HMAC key came from: "env:<VARIABLE>" when configured, "dev_default" for the published key.
-    pseudonymisation_key_source: str = "dev_default"
-    audit_key_source: str = "dev_default"
 
 
 def prediction_columns(task: str) -> list[str]:

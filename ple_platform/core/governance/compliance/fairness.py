@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ple_platform.core.model.evaluate import _percentiles, _replicate_weights
+from ple_platform.core.reporting import json_ready
 
 AGE_BAND_EDGES = (18, 30, 45, 60)
 AGE_BANDS = ("0-17", "18-29", "30-44", "45-59", "60+")
@@ -128,15 +129,6 @@ def selection_from_scores(scores: Any, top_fraction: float) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ results
 
 
-def _plain(obj: Any) -> Any:
-    """Dicts, lists and scalars only (tuples -> lists), so a JSON round trip returns an equal object."""
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def _num(x: float) -> float | None:
     """JSON-safe number: NaN/inf -> None."""
     return float(x) if x is not None and math.isfinite(x) else None
@@ -179,7 +171,7 @@ class FairnessResult:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict (tuples become lists, undefined numbers are None)."""
-        return _plain({"status": self.status, "params": self.params,
+        return json_ready({"status": self.status, "params": self.params,
                        "attributes": {a: asdict(r) for a, r in self.attributes.items()}})
 
     def summary(self) -> dict[str, dict[str, Any]]:

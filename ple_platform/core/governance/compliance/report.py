@@ -21,8 +21,9 @@ Design
   are true by design (intended use, metric definitions) are static text; everything measured comes from evidence
   or reads ``"missing evidence: <what>"``.
 * **Outputs**: ``build_report`` returns a JSON-serialisable dict (NaN/inf become ``null``; the evidence itself is
-  embedded with its canonical SHA-256), ``render_html`` a self-contained UTF-8 page (inline CSS, matplotlib Agg
-  plots as base64 PNG ``<img>``; every evidence string passes ``html.escape``), ``write_report`` writes both
+  embedded with its canonical SHA-256), ``render_html`` a self-contained UTF-8 page from the Jinja2 templates in
+  ``templates/`` (inline CSS, matplotlib Agg plots as base64 PNG ``<img>``; autoescape escapes every evidence
+  string), ``write_report`` writes both
   atomically and ``summary_metadata`` gives the small scalars an asset attaches as Dagster metadata.
 
 Evidence shapes (all keys optional inside; what is missing is reported as missing)::
@@ -57,7 +58,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import html
 import io
 import json
 import math
@@ -69,9 +69,11 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 
 from ple_platform.core.features.spec import CATEGORICAL_COLUMNS, EXPERTS, FEATURE_GROUPS
+from ple_platform.core.reporting import json_ready
 from ple_platform.core.stats import PSI_ALERT, PSI_WARN  # the one threshold set, for rows without a status
 from ple_platform.core.governance.compliance.fairness import AIR_FLOOR  # four-fifths rule
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
@@ -215,30 +217,7 @@ def _canonical(obj: Any) -> str:
 
 def _jsonable(x: Any, where: str) -> Any:
     """Plain-JSON copy of ``x``; non-finite floats become None. Unknown types raise naming the location."""
-    if x is None or isinstance(x, (bool, str)):
-        return x
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
-    if isinstance(x, (int, np.integer)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    if isinstance(x, (datetime, date)):
-        return x.isoformat()
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, np.ndarray):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(x.tolist())]
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(x)]
-    if isinstance(x, (set, frozenset)):
-        return [_jsonable(v, f"{where}[]") for v in sorted(x, key=str)]
-    if hasattr(x, "to_dict"):
-        return _jsonable(x.to_dict(), where)
-    raise ReportEvidenceError(f"evidence {where}: value of type {type(x).__name__} is not JSON-serialisable")
+    return json_ready(x, f"evidence {where}", error=ReportEvidenceError)
 
 
 def _month(value: Any, where: str) -> date:
@@ -1297,148 +1276,48 @@ def plot_gate_profile(gate_profile: Mapping[str, Mapping[str, float]] | None) ->
 
 # ------------------------------------------------------------------------------------------------ HTML
 
-_CSS = """
-body{font-family:-apple-system,"Segoe UI","Noto Sans KR","Malgun Gothic",sans-serif;margin:2em;color:#212121;
-max-width:1100px}
-h1{font-size:1.5em}h2{border-bottom:2px solid #e0e0e0;padding-bottom:.2em;margin-top:1.6em}h3{margin-bottom:.3em}
-table{border-collapse:collapse;margin:.5em 0;font-size:.85em}td,th{border:1px solid #e0e0e0;padding:.25em .5em;
-vertical-align:top;text-align:left}th{background:#f5f5f5}
-.badge{display:inline-block;padding:.1em .6em;border-radius:.8em;font-size:.85em;font-weight:600;color:#fff}
-.live,.ok,.filled,.pass{background:#2e7d32}.fail,.attention,.alert{background:#c62828}
-.missing,.partial,.warn,.insufficient{background:#ef6c00}
-p.missing{background:#fff3e0;color:#e65100;padding:.4em .6em;border-left:4px solid #ef6c00}
-.ko{color:#616161}.small{font-size:.8em;color:#616161}img{max-width:100%;margin:.4em 0}
-"""
 _BADGE = {LIVE: "live", FAIL: "fail", MISSING: "missing", PARTIAL: "partial", "filled": "filled", "ok": "ok",
           "attention": "attention", "pass": "pass", "insufficient evidence": "insufficient", "warn": "warn",
           "alert": "alert"}
 
 
-def _e(v: Any) -> str:
-    return html.escape(_fmt(v), quote=True)
-
-
-def _badge(status: Any) -> str:
-    return f'<span class="badge {_BADGE.get(str(status), "missing")}">{_e(status)}</span>'
-
-
-def _render_value(v: Any, depth: int = 0) -> str:
-    """Any JSON value as escaped HTML: dict → key/value table, list of dicts → table, list → comma list."""
-    if isinstance(v, Mapping):
-        if not v:
-            return "—"
-        if depth >= 3:
-            return _e(json.dumps(v, ensure_ascii=False, default=str))
-        return "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_render_value(x, depth + 1)}</td></tr>"
-                                   for k, x in v.items()) + "</table>"
-    if isinstance(v, (list, tuple)):
-        if v and all(isinstance(x, Mapping) for x in v) and depth < 3:
-            cols = list(dict.fromkeys(k for x in v for k in x))
-            head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-            body = "".join("<tr>" + "".join(f"<td>{_render_value(x.get(c), depth + 1)}</td>" for c in cols)
-                           + "</tr>" for x in v)
-            return f"<table><tr>{head}</tr>{body}</table>"
-        return ", ".join(_render_value(x, depth + 1) for x in v) if v else "—"
-    return _e(v)
-
-
-def _missing_p(what: str) -> str:
-    return f'<p class="missing">{_e(what)}</p>'
-
-
-def _img(b64: str | None, alt: str, missing: str) -> str:
-    if b64 is None:
-        return _missing_p(missing)
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{b64}">'
+# autoescape on: every evidence string is escaped wherever it lands (text or attribute); macros return Markup.
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("ple_platform.core.governance.compliance", "templates"),
+    autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+_TEMPLATES.filters.update(
+    fmt=_fmt,
+    badge_class=lambda status: _BADGE.get(str(status), "missing"),
+    json_text=lambda v: json.dumps(v, ensure_ascii=False, default=str),
+    columns=lambda rows: list(dict.fromkeys(k for x in rows for k in x)),
+)
+_TEMPLATES.tests.update(
+    listlike=lambda v: isinstance(v, (list, tuple)),
+    records=lambda v: all(isinstance(x, Mapping) for x in v),
+)
 
 
 def render_html(report: Mapping[str, Any], evidence: ReportEvidence | None = None) -> str:
     """Self-contained HTML page of ``report`` (plots drawn from ``evidence``, or from the evidence embedded in
-    the report when None). Every evidence string is escaped; a plot without evidence becomes a paragraph."""
+    the report when None), rendered from ``templates/report.html.j2``. Every evidence string is escaped; a plot
+    without evidence becomes a paragraph."""
     ev = evidence if evidence is not None else ReportEvidence.from_dict(report["evidence"])
     s = report["summary"]
-    parts: list[str] = []
-    add = parts.append
-    title = f"Compliance report {_fmt(report.get('month'))} — model {_fmt(report.get('model_version'))}"
-    add(f"<h1>{_e(title)}</h1>")
-    add(f'<p class="ko">월간 컴플라이언스 보고서 · 모델 카드 · EU AI Act 부속서 IV · 금융 AI 점검표</p>'
-        f'<p class="small">generated {_e(report.get("generated_at"))} · evidence SHA-256 '
-        f'<code>{_e(report.get("evidence_sha256"))}</code></p>')
-
-    add("<h2>Summary <span class=\"ko\">요약</span></h2>")
-    add(f"<p>Overall: {_badge(s['overall_status'])}</p>")
-    add(_render_value({"controls live": s["controls_live"], "controls fail": s["controls_fail"],
-                       "controls missing evidence": s["controls_missing"], "fairness": s["fairness_status"],
-                       "drift (max)": s["drift_max_status"], "max PSI": s["max_psi"],
-                       "Annex IV parts (live / partial / missing)":
-                           f"{s['annex_iv'][LIVE]} / {s['annex_iv'][PARTIAL]} / {s['annex_iv'][MISSING]}",
-                       "model card sections incomplete": s["model_card_sections_incomplete"]}))
-    if s["attention"]:
-        add("<ul>" + "".join(f"<li>{_e(a)}</li>" for a in s["attention"]) + "</ul>")
-
-    add("<h2>Checklist: FSS AI RMF / AI Basic Act <span class=\"ko\">금융 AI 위험관리·AI기본법 점검표</span></h2>")
-    rows = "".join(
-        f"<tr><td><code>{_e(c['id'])}</code></td><td>{_e(c['title_en'])}<br><span class=\"ko\">"
-        f"{_e(c['title_ko'])}</span></td><td>{_e(c['criteria'])}<br><span class=\"small\">"
-        f"{_e('; '.join(c['references']))}</span></td><td>{_e(', '.join(c['evidence']))}</td>"
-        f"<td>{_badge(c['status'])}</td><td>{'<br>'.join(_e(d) for d in c['detail']) or '—'}</td></tr>"
-        for c in report["checklist"])
-    add("<table><tr><th>ID</th><th>Control</th><th>Live when</th><th>Evidence</th><th>Status</th><th>Detail</th>"
-        f"</tr>{rows}</table>")
-
-    add("<h2>Fairness <span class=\"ko\">공정성</span></h2>")
-    sels = _fairness_selections(ev.fairness)
-    if not sels:
-        add(_missing_p("missing evidence: fairness results (age band, gender, province)"))
-    for sel, d in sels.items():
-        add(f"<h3>{_e(sel)} {_badge(_selection_status(d))}</h3>")
-        add(_img(plot_fairness(sel, d), f"fairness {sel}", f"missing evidence: AIR values for selection {sel}"))
-        for attr, a in _fairness_attributes(d).items():
-            add(f"<p><b>{_e(attr)}</b> {_badge(a.get('status'))} reference group {_e(a.get('reference_group'))}, "
-                f"min AIR {_e(a.get('min_air'))}</p>")
-            add(_render_value(list(a.get("groups") or [])))
-
-    add("<h2>Drift <span class=\"ko\">분포 변화</span></h2>")
-    add(_img(plot_drift(ev.drift_features, ev.drift_predictions), "drift heatmap",
-             "missing evidence: drift of feature groups and predictions"))
-    for key, label in (("drift_features", "feature groups"), ("drift_predictions", "predictions")):
-        rows_ = getattr(ev, key)
-        add(f"<h3>{_e(label)}</h3>" + (_render_value(rows_) if not _absent(rows_)
-                                        else _missing_p(f"missing evidence: {key}")))
-
-    add("<h2>Calibration <span class=\"ko\">보정</span></h2>")
-    add(_img(plot_calibration(ev.calibration), "calibration curves",
-             "missing evidence: calibration bins of the binary tasks"))
-    if report.get("calibration"):
-        add(_render_value(report["calibration"]))
-
-    add("<h2>Gate-weight profile <span class=\"ko\">게이트 가중치</span></h2>")
-    add(_img(plot_gate_profile(ev.gate_profile), "gate-weight profile",
-             "missing evidence: gate weights per task"))
-
-    add("<h2>Model card <span class=\"ko\">모델 카드</span></h2>")
-    add('<p class="small">Sections of Mitchell et al. (2019), "Model Cards for Model Reporting".</p>')
-    for sec in report["model_card"]:
-        add(f"<h3>{_e(sec['section'])} {_badge(sec['status'])}</h3>")
-        if sec.get("text"):
-            add(f"<p>{_e(sec['text'])}</p>")
-        if sec.get("facts"):
-            add(_render_value(sec["facts"]))
-        for m in sec.get("missing") or []:
-            add(_missing_p(m))
-
-    annex = report["annex_iv"]
-    add("<h2>EU AI Act Annex IV technical documentation <span class=\"ko\">EU AI Act 부속서 IV 기술문서</span></h2>")
-    add(f"<p class=\"small\">{_e(annex['applicability'])}</p>")
-    for p in annex["parts"]:
-        add(f"<h3>{_e(p['part'])}. {_e(p['title'])} {_badge(p['status'])}</h3><p>{_e(p['text'])}</p>")
-        if p.get("facts"):
-            add(_render_value(p["facts"]))
-        add(f"<p class=\"small\">evidence used: {_e(', '.join(p['evidence_used']) or 'none')}</p>")
-        for m in p["evidence_missing"]:
-            add(_missing_p(m))
-
-    body = "\n".join(parts)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n<title>{_e(title)}</title>\n'
-            f"<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    fairness = [{"name": sel, "status": _selection_status(d), "plot": plot_fairness(sel, d),
+                 "attributes": list(_fairness_attributes(d).items())}
+                for sel, d in _fairness_selections(ev.fairness).items()]
+    drift_tables = [(key, label, None if _absent(getattr(ev, key)) else getattr(ev, key))
+                    for key, label in (("drift_features", "feature groups"), ("drift_predictions", "predictions"))]
+    summary_facts = {
+        "controls live": s["controls_live"], "controls fail": s["controls_fail"],
+        "controls missing evidence": s["controls_missing"], "fairness": s["fairness_status"],
+        "drift (max)": s["drift_max_status"], "max PSI": s["max_psi"],
+        "Annex IV parts (live / partial / missing)":
+            f"{s['annex_iv'][LIVE]} / {s['annex_iv'][PARTIAL]} / {s['annex_iv'][MISSING]}",
+        "model card sections incomplete": s["model_card_sections_incomplete"]}
+    return _TEMPLATES.get_template("report.html.j2").render(
+        report=report, summary=s, summary_facts=summary_facts,
+        title=f"Compliance report {_fmt(report.get('month'))} — model {_fmt(report.get('model_version'))}",
+        fairness=fairness, drift_tables=drift_tables,
+        drift_plot=plot_drift(ev.drift_features, ev.drift_predictions),
+        calibration_plot=plot_calibration(ev.calibration), gate_plot=plot_gate_profile(ev.gate_profile))

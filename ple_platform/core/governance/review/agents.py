@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ple_platform.core.reasons_llm.config import LLMConfig, ask, failure_reason, make_client
+from ple_platform.core.reporting import md_table
 
 PASS, WARN, INSUFFICIENT, FAIL = "PASS", "WARN", "insufficient", "FAIL"
 _RANK = {PASS: 0, WARN: 1, INSUFFICIENT: 2, FAIL: 3}
@@ -79,8 +80,7 @@ class Review:
 
     def markdown(self) -> str:
         lines = [f"### {self.kind} review {self.month}: **{self.verdict}** ({self.mode})", "",
-                 "| item | status | detail |", "|---|---|---|"]
-        lines += [f"| {f.item} | {f.status} | {f.detail.replace('|', '/')} |" for f in self.findings]
+                 md_table(["item", "status", "detail"], [(f.item, f.status, f.detail) for f in self.findings])]
         if self.minority:
             lines += ["", f"Minority view: {self.minority}"]
         return "\n".join(lines)
