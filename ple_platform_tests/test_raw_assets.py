@@ -166,3 +166,53 @@ def test_a_month_failing_a_rule_after_the_write_is_rolled_back(platform_env, res
     assert "refused, nothing written" in message and "'schema_and_dtypes' failed on 3 row(s)" in message, message
     assert _hash(platform_env, "customers", date(2015, 1, 1)) == before
     assert _audit_entries(platform_env) == n_entries
+
+
+def test_a_feature_month_failing_a_blocking_check_is_rolled_back(platform_env, resources, monkeypatch):
+    """Features are checked inside the write's transaction: a month whose blocking check fails (here forced on a
+    rebuild) is refused with the check named, and the month keeps the rows it had (the control: a rebuild that
+    passes stores them again)."""
+    from ple_platform.core.features import quality
+    from ple_platform.defs.features.assets import feature_assets
+
+    month = "2015-01-01"
+    assert materialize(raw_assets, month, resources).success
+    group = next(a for a in feature_assets if a.key.path[-1] == "product_holdings")
+    assert materialize([group], month, resources).success
+    before = _hash(platform_env, "customers", date(2015, 1, 1))
+    with duckdb.connect(platform_env.warehouse_path, read_only=True) as con:
+        stored = partition_content_hash(con, "features.product_holdings", date(2015, 1, 1))
+    real = quality.evaluate
+
+    def one_blocking_check_fails(*args, **kwargs):
+        results = real(*args, **kwargs)
+        first = next(r for r in results if r.blocking)
+        return [quality.QualityResult(first.name, False, "forced failure", {}, True) if r is first else r
+                for r in results]
+
+    import dataclasses
+
+    import ple_platform.defs.features.assets as feature_module
+
+    real_build = feature_module.build_group
+
+    def shifted(name, ctx):  # other values, so a committed rebuild would change the stored rows
+        out = real_build(name, ctx)
+        return dataclasses.replace(out, values=out.values + 1.0)
+
+    monkeypatch.setattr(quality, "evaluate", one_blocking_check_fails)
+    monkeypatch.setattr(feature_module, "build_group", shifted)
+    result = materialize([group], month, resources)
+    assert not result.success
+    error = next(e for e in result.all_events if e.is_step_failure).step_failure_data.error
+    while error.cause is not None:
+        error = error.cause
+    assert "refused, nothing written" in error.message and "forced failure" in error.message, error.message
+    with duckdb.connect(platform_env.warehouse_path, read_only=True) as con:
+        assert partition_content_hash(con, "features.product_holdings", date(2015, 1, 1)) == stored
+        assert con.execute("SELECT count(*) FROM features.product_holdings").fetchone()[0] > 0
+    monkeypatch.setattr(quality, "evaluate", real)  # control: the same shifted rebuild, passing, is stored
+    assert materialize([group], month, resources).success
+    with duckdb.connect(platform_env.warehouse_path, read_only=True) as con:
+        assert partition_content_hash(con, "features.product_holdings", date(2015, 1, 1)) != stored
+    assert _hash(platform_env, "customers", date(2015, 1, 1)) == before

@@ -50,7 +50,8 @@ def _ensure_table(con: duckdb.DuckDBPyConnection, spec: FeatureGroupSpec) -> Non
     con.execute(f"CREATE TABLE IF NOT EXISTS {spec.table} (customer_id VARCHAR, month DATE, {cols})")
 
 
-def _write(con: duckdb.DuckDBPyConnection, spec: FeatureGroupSpec, month: date, ids: np.ndarray, values: np.ndarray) -> int:
+def _write(con: duckdb.DuckDBPyConnection, spec: FeatureGroupSpec, month: date, ids: np.ndarray, values: np.ndarray,
+           before_commit=None) -> int:
     _ensure_table(con, spec)
     table = pa.table(
         [pa.array(ids.tolist(), pa.string()), pa.array(np.full(len(ids), np.datetime64(month, "D")), pa.date32())]
@@ -59,7 +60,7 @@ def _write(con: duckdb.DuckDBPyConnection, spec: FeatureGroupSpec, month: date, 
     )
     con.register("feature_rows", table)
     try:
-        return replace_partition(con, spec.table, month, "SELECT * FROM feature_rows")
+        return replace_partition(con, spec.table, month, "SELECT * FROM feature_rows", before_commit=before_commit)
     finally:
         con.unregister("feature_rows")
 
@@ -231,19 +232,33 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
             ids = ctx.pop.customer_ids
             if len(ids) == 0:
                 raise dg.Failure(f"{spec.name} {month}: raw.customers has no rows for this month; materialize raw_customers first")
-            n_rows = _write(con, spec, month, ids, out.values)
+            seen: dict = {}
+
+            def checked(n: int) -> None:
+                # Inside the write's transaction: a month failing a blocking check is rolled back, so no later
+                # run (or fit) ever reads it; the previous version of the month stays.
+                seen["hash"] = partition_content_hash(con, spec.table, month)
+                seen["results"] = results = quality.evaluate(
+                    spec,
+                    out.values,
+                    _stored_null_rate(con, spec, month),
+                    _has_source_data(con, spec, month, ids),
+                    _previous_values(con, spec, month),
+                    _next_month_changes(con, month, ids),
+                    full_history=(history := _history_months(con, month)) >= spec.lookback_months,
+                    first_month=history == 1,
+                )
+                failed = [r for r in results if r.blocking and not r.passed]
+                if failed:
+                    raise dg.Failure(
+                        description=f"{spec.name} {month:%Y-%m} refused, nothing written (the month keeps its "
+                                    "previous rows): " + "; ".join(f"check '{r.name}' failed: {r.description}"
+                                                                  for r in failed),
+                        metadata={"failed_checks": [r.name for r in failed]})
+
+            n_rows = _write(con, spec, month, ids, out.values, before_commit=checked)
+            content_hash, results = seen["hash"], seen["results"]
             n_diagram_points = _write_diagrams(con, month, ids, out.diagrams) if out.diagrams is not None else None
-            content_hash = partition_content_hash(con, spec.table, month)
-            results = quality.evaluate(
-                spec,
-                out.values,
-                _stored_null_rate(con, spec, month),
-                _has_source_data(con, spec, month, ids),
-                _previous_values(con, spec, month),
-                _next_month_changes(con, month, ids),
-                full_history=(history := _history_months(con, month)) >= spec.lookback_months,
-                first_month=history == 1,
-            )
         metadata = {
             "available": True,
             "dagster/row_count": n_rows,
