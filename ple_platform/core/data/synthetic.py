@@ -278,22 +278,23 @@ ACCOUNT_PRODUCTS = (
 MECHANISMS: tuple[str, ...] = ("sequential", "hierarchical", "graph")
 # Sequential: an active customer goes quiet and comes back with a burst in the month's last days (same count,
 # categories and amounts as usual; only the timing moves), then takes a loan the next month.
-BURST_P = 0.04  # monthly probability among active customers
+BURST_P = 0.03  # monthly probability among active customers
 BURST_DAYS = 7  # every transaction falls in the last 7 days: >= 3 quiet weeks before
 BURST_MIN_TXNS = 3  # fewer transactions than this cannot show the pattern, so the mechanism does not act
-_PRODUCT_BURST = {"loans": 0.10}  # monthly conversion at t+1, like _PRODUCT_INTENT
+_PRODUCT_BURST = {"loans": 0.06}  # monthly conversion at t+1, like _PRODUCT_INTENT
 # Hierarchical: restaurant spend moves to grocery (both children of L1 "food", whose count share is unchanged):
 # cutting back to save, followed by a deposit.
 SHIFT_ONSET, SHIFT_END = 0.02, 0.40  # monthly; prevalence ~ 0.02 / 0.42 ~ 5% of customer-months
 SHIFT_FROM, SHIFT_TO, SHIFT_FRACTION = "restaurants", "grocery", 0.8
-_PRODUCT_SHIFT = {"short_deposit": 0.05, "medium_deposit": 0.04, "long_deposit": 0.05}
+_PRODUCT_SHIFT = {"short_deposit": 0.03, "medium_deposit": 0.02, "long_deposit": 0.03}
 # Graph: customers form communities of 6 (a random partition within each chunk, unrelated to ids) that share
 # neighbourhood merchants; a member's acquisition of a peer product at t raises the others' odds of it at t+1.
-COMMUNITY_SIZE = 6
+COMMUNITY_SIZE = 8
 HANGOUT_L2 = ("restaurants", "bars", "grocery", "recreation", "personal_services")
-HANGOUT_P = 0.35  # share of a member's transactions in those categories made at one of 2 community merchants
+HANGOUT_P = 0.5  # share of a member's transactions in those categories made at the community's merchant of the code
+LOCAL_MERCHANTS = 4096  # neighbourhood merchants per code of those categories, outside the public pool
 PEER_PRODUCTS = ("credit_card", "e_account", "funds", "securities", "pension_plan", "short_deposit", "long_deposit")
-PEER_LOGODDS = 2.0  # x7.4 odds
+PEER_LOGODDS = 3.0  # x20 odds
 
 ACQ_NOISE_SD = 0.6  # customer-month logit noise (unobservable even in principle)
 CHURN_NOISE_SD = 0.6
@@ -376,7 +377,8 @@ class _Params:
     code_order: np.ndarray  # position in code_key -> code index
     code_pool: np.ndarray  # merchants per code
     code_pool_offset: np.ndarray
-    merchant_ids: pa.Array  # every merchant id string, indexed by pool_offset + k
+    merchant_ids: pa.Array  # every merchant id string, indexed by pool_offset + k (then the local merchants)
+    local_offset: np.ndarray  # per code: index of its first neighbourhood merchant (-1: none)
     hour_key: np.ndarray  # flat monotone key over (persona, weekend) x 24 hours
     channel_p: np.ndarray  # (6, n_channels)
     share_logit: np.ndarray  # (24,)
@@ -473,7 +475,15 @@ def _params() -> _Params:
     share = (base / base.sum())[h.code_l2] * (weight / l2_total[h.code_l2])
     pool = np.maximum(20, np.round(share * 100 * MERCHANTS_PER_UNIT)).astype(np.int64)
     offset = np.concatenate([[0], np.cumsum(pool)[:-1]])
-    merchant_ids = pa.array([f"M{int(code)}-{k:05d}" for code, n in zip(h.codes, pool) for k in range(n)], pa.string())
+    # Neighbourhood merchants (graph mechanism) follow the public pool of their code in numbering and after
+    # every public merchant in the array, so the public indices are those of generator v1.
+    local = np.isin(h.code_l2, [names.index(n) for n in HANGOUT_L2])
+    local_offset = np.where(local, pool.sum() + LOCAL_MERCHANTS * (np.cumsum(local) - 1), -1)
+    merchant_ids = pa.array(
+        [f"M{int(code)}-{k:05d}" for code, n in zip(h.codes, pool) for k in range(n)]
+        + [f"M{int(code)}-{n + k:05d}" for code, n in zip(h.codes[local], pool[local]) for k in range(LOCAL_MERCHANTS)],
+        pa.string(),
+    )
 
     amount = np.array([_L2_AMOUNT[n] for n in names])
     channel = np.tile(_CHANNEL_BASE, (len(PERSONAS), 1))
@@ -500,6 +510,7 @@ def _params() -> _Params:
         code_pool=pool,
         code_pool_offset=offset,
         merchant_ids=merchant_ids,
+        local_offset=local_offset,
         hour_key=_flat_key(_hour_profiles().reshape(-1, 24)),
         channel_p=channel,
         share_logit=_logit(share0),
@@ -1114,16 +1125,15 @@ def _transactions(
     rand_k = np.minimum((pool * u[3] ** 2.5).astype(np.int64), pool - 1)
     merchant = par.code_pool_offset[code] + np.where(loyal, fav_k, rand_k)
     if "graph" in mechanisms:
-        # Community members meet at 2 neighbourhood merchants per code (a stable hash of seed, community, code).
+        # Community members meet at one neighbourhood merchant per code (a stable hash of seed, community, code).
         hang = par.hangout_l2[l2] & (u_hang < HANGOUT_P)
         hc = code[hang].astype(np.uint64)
         hh = _splitmix64(
             np.uint64((seed * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF)
             ^ st.community[row[hang]].astype(np.uint64) * np.uint64(0x94D049BB133111EB)
             ^ (hc << np.uint64(40))
-            ^ (u_hang[hang] < HANGOUT_P / 2).astype(np.uint64)
         )
-        merchant[hang] = par.code_pool_offset[code[hang]] + (hh % par.code_pool[code[hang]].astype(np.uint64)).astype(np.int64)
+        merchant[hang] = par.local_offset[code[hang]] + (hh % np.uint64(LOCAL_MERCHANTS)).astype(np.int64)
 
     order = np.argsort(row.astype(np.int64) << 42 | (ts - month.epoch_day * 86_400_000_000), kind="stable")
     row, ts, amount, code, merchant = row[order], ts[order], amount[order], code[order], merchant[order]
