@@ -78,3 +78,38 @@ def test_ground_truth_features_refuse_rows_without_ground_truth(landing):
 def test_fraction_of_oracle():
     assert fraction_of_oracle(0.7, 0.9) == pytest.approx(0.5)
     assert np.isnan(fraction_of_oracle(0.7, 0.5))
+
+
+class _Rows:
+    """The part of ``MonthData`` that ``assess_oracle`` reads: ids, months, the feature matrix, the labels."""
+
+    def __init__(self, d: dict[str, np.ndarray], cols: list[str], labels: dict[str, np.ndarray], rows: np.ndarray):
+        self.customer_ids, self.months = d["customer_id"][rows], d["month"][rows]
+        self._x = np.column_stack([d[c][rows] for c in cols]).astype(np.float32)
+        self.labels = {t: y[rows].astype(np.float64) for t, y in labels.items()}
+
+    def matrix(self) -> np.ndarray:
+        return self._x
+
+
+def test_assess_oracle_scores_the_test_rows_above_the_same_recipe_without_ground_truth(landing):
+    from ple_platform.core.model.baselines import predict_lightgbm, train_lightgbm_baselines
+    from ple_platform.core.model.evaluate import evaluate_predictions, mean_binary_auc
+    from ple_platform.core.model.oracle import assess_oracle
+
+    con = duckdb.connect()
+    d = _observables(con, landing, "deposits")
+    labels = {"will_acquire_deposits": d["y"], "will_acquire_lending": _observables(con, landing, "lending")["y"]}
+    cols = [k for k in d if k not in ("customer_id", "month", "y")]
+    months = d["month"].astype("datetime64[M]")
+    last = months.max()
+    parts = {"train": months < last - 1, "validation": months == last - 1, "test": months == last}
+    raw = {k: _Rows(d, cols, labels, np.flatnonzero(m)) for k, m in parts.items()}
+    oracle = assess_oracle(raw, landing, seed=0, n_boot=20, num_threads=1)
+    models = train_lightgbm_baselines(raw["train"].matrix(), raw["train"].labels, raw["validation"].matrix(),
+                                      raw["validation"].labels, seed=0, num_boost_round=400, early_stopping_rounds=30,
+                                      num_threads=1)
+    baseline = evaluate_predictions(raw["test"].labels, predict_lightgbm(models, raw["test"].matrix(), num_threads=1),
+                                    n_boot=20, seed=0)
+    assert set(oracle["metrics"]) == set(labels)
+    assert oracle["mean_binary_auc"] > mean_binary_auc(baseline) + 0.03, (oracle["mean_binary_auc"], mean_binary_auc(baseline))

@@ -97,3 +97,29 @@ def fit_binary(
     val = lgb.Dataset(x_val, label=y_val, reference=train)
     return lgb.train(params, train, num_boost_round=num_boost_round, valid_sets=[val],
                      callbacks=[lgb.early_stopping(30, verbose=False)])
+
+
+def assess_oracle(raw: dict, landing: Path | str, *, seed: int = 0, n_boot: int = 200, num_boost_round: int = 400,
+                  early_stopping_rounds: int = 30, num_threads: int = 2) -> dict:
+    """The oracle row of a teacher assessment: the per-task LightGBM baseline recipe (``baselines.py``) on the
+    split's feature matrix plus ``ground_truth_features``, trained on ``raw["train"]``, early-stopped on
+    ``raw["validation"]`` and scored on ``raw["test"]`` (``MonthData`` of ``load_checkpoint_data``, so the rows
+    are exactly those the teacher and the baseline used). Returns ``{"metrics", "mean_binary_auc"}``."""
+    from ple_platform.core.model.baselines import MANY_CLASS_OVERRIDES, predict_lightgbm, train_lightgbm_baselines
+    from ple_platform.core.model.evaluate import evaluate_predictions, mean_binary_auc
+
+    con = duckdb.connect()
+    try:
+        x = {part: np.hstack([raw[part].matrix(), ground_truth_features(con, landing, raw[part].customer_ids,
+                                                                          raw[part].months)])
+             for part in ("train", "validation", "test")}
+    finally:
+        con.close()
+    models = train_lightgbm_baselines(
+        x["train"], raw["train"].labels, x["validation"], raw["validation"].labels, seed=seed,
+        num_boost_round=num_boost_round, early_stopping_rounds=early_stopping_rounds, num_threads=num_threads,
+        task_overrides={"next_mcc": MANY_CLASS_OVERRIDES} if "next_mcc" in raw["train"].labels else None,
+    )
+    metrics = evaluate_predictions(raw["test"].labels, predict_lightgbm(models, x["test"], num_threads=num_threads),
+                                   n_boot=n_boot, seed=seed)
+    return {"metrics": metrics, "mean_binary_auc": mean_binary_auc(metrics)}
