@@ -194,7 +194,7 @@ def test_hierarchical_view_recovers_the_sibling_shift_and_parent_shares_do_not(o
     view = ["rest_in_food", "rest_in_food_change", "rest_in_food_vs_usual"]
     lift_on, oracle_on, lift_off = _lifts(on, off, _hierarchical, parent, view)
     assert oracle_on > 0.03, oracle_on
-    assert lift_on > 0.04, lift_on  # leaf shares within the parent recover it; L1 shares do not
+    assert lift_on > 0.03, lift_on  # leaf shares within the parent recover it; L1 shares do not
     assert lift_off < 0.01, lift_off
 
 

@@ -281,12 +281,12 @@ MECHANISMS: tuple[str, ...] = ("sequential", "hierarchical", "graph")
 BURST_P = 0.03  # monthly probability among active customers
 BURST_DAYS = 7  # every transaction falls in the last 7 days: >= 3 quiet weeks before
 BURST_MIN_TXNS = 3  # fewer transactions than this cannot show the pattern, so the mechanism does not act
-_PRODUCT_BURST = {"loans": 0.06}  # monthly conversion at t+1, like _PRODUCT_INTENT
+_PRODUCT_BURST = {"loans": 0.05}  # monthly conversion at t+1, like _PRODUCT_INTENT
 # Hierarchical: restaurant spend moves to grocery (both children of L1 "food", whose count share is unchanged):
 # cutting back to save, followed by a deposit.
 SHIFT_ONSET, SHIFT_END = 0.02, 0.40  # monthly; prevalence ~ 0.02 / 0.42 ~ 5% of customer-months
 SHIFT_FROM, SHIFT_TO, SHIFT_FRACTION = "restaurants", "grocery", 0.8
-_PRODUCT_SHIFT = {"short_deposit": 0.03, "medium_deposit": 0.02, "long_deposit": 0.03}
+_PRODUCT_SHIFT = {"short_deposit": 0.02, "medium_deposit": 0.01, "long_deposit": 0.02}
 # Graph: customers form communities of 6 (a random partition within each chunk, unrelated to ids) that share
 # neighbourhood merchants; a member's acquisition of a peer product at t raises the others' odds of it at t+1.
 COMMUNITY_SIZE = 8
