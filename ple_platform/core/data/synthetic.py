@@ -26,6 +26,13 @@ first changes the month's transactions (MCC mix, amounts, counts) and only from 
 acquisition hazard of related products: that lag is the leading signal the sequence models should find.
 Product acquisition/churn are logistic hazards in observable attributes (age bands, income, segment,
 holdings complementarity, tenure, last month's spend), latent state, lagged intents and noise.
+
+Planted mechanisms (``SyntheticConfig.mechanisms``, docs/data.md §4.1) add signal that monthly totals and shares
+do not show: a month-end burst after quiet weeks (timing) precedes a loan, restaurant spend moving to grocery
+under the same L1 parent (hierarchy) precedes a deposit, and a community peer's acquisition, visible only by
+linking customers through shared neighbourhood merchants (graph), raises the odds of the same product. They draw
+from their own stream ``SeedSequence([seed, 2, m + 1, c])`` (communities: ``[seed, 2, 0, c]``), so with
+``mechanisms=()`` the customers, holdings and transactions are those of generator v1, byte for byte.
 """
 
 from __future__ import annotations
