@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ple_platform.core.data.schema import PRODUCT_NAMES
+from ple_platform.core.data.schema import CORE_PRODUCTS, PRODUCT_NAMES
 from ple_platform.core.data.synthetic import (
     BURST_DAYS,
     BURST_MIN_TXNS,
@@ -50,7 +50,7 @@ def _panel(tmp_path_factory, name: str, mechanisms) -> duckdb.DuckDBPyConnection
 
 @pytest.fixture(scope="module")
 def on(tmp_path_factory) -> duckdb.DuckDBPyConnection:
-    return _panel(tmp_path_factory, "mech_on", ("sequential", "hierarchical", "graph"))
+    return _panel(tmp_path_factory, "mech_on", ("sequential", "hierarchical", "graph", "cyclic"))
 
 
 @pytest.fixture(scope="module")
@@ -306,3 +306,53 @@ def test_community_members_share_merchants_only_with_the_mechanism_on(on, off):
     pairs = N_CUSTOMERS * (COMMUNITY_SIZE - 1)  # directed within-community pairs
     assert within_on > 0.6 and n_on * within_on > 0.3 * pairs
     assert n_off < 0.2 * n_on and (within_off or 0.0) < 0.05
+
+
+# --- cyclic: a weekly grocery routine whose break precedes the loss of a core product --------------------------
+
+def _cyclic(con) -> dict[str, np.ndarray]:
+    core_lost = " OR ".join(f"(h0.{p} = 1 AND h1.{p} = 0)" for p in CORE_PRODUCTS)
+    sql = f"""
+    WITH g AS (SELECT customer_id, date_trunc('month', ts)::DATE AS month, dayofweek(ts) AS wd, count(*) AS n
+               FROM transactions JOIN mcc_tree USING (mcc) WHERE l2 = 'grocery' GROUP BY ALL),
+    conc AS (SELECT customer_id, month, sum(n)::DOUBLE AS grocery, max(n) / sum(n) AS weekday_conc FROM g GROUP BY ALL),
+    usual AS (SELECT customer_id, avg(weekday_conc) FILTER (WHERE grocery >= 3) AS usual_conc FROM conc GROUP BY 1),
+    tx AS (SELECT customer_id, date_trunc('month', ts)::DATE AS month, count(*)::DOUBLE AS n_txn, sum(amount) AS spend
+           FROM transactions GROUP BY ALL)
+    SELECT c.customer_id, hash(c.customer_id) AS split, gt.mech_routine_break::DOUBLE AS truth,
+           c.age::DOUBLE AS age, coalesce(c.income, -1) AS income, coalesce(c.tenure_months, -1)::DOUBLE AS tenure,
+           c.is_active::INT AS active, ({" + ".join(f"h0.{p}" for p in PRODUCT_NAMES)})::DOUBLE AS n_products,
+           ({core_lost})::INT AS y, coalesce(tx.n_txn, 0) AS n_txn, coalesce(tx.spend, 0) AS spend,
+           coalesce(conc.grocery, 0) AS grocery, coalesce(conc.weekday_conc, -1) AS weekday_conc,
+           coalesce(conc.weekday_conc - usual.usual_conc, 0) AS conc_vs_usual, coalesce(usual.usual_conc, -1) AS usual_conc
+    FROM customers c JOIN holdings h0 USING (customer_id, month)
+    JOIN holdings h1 ON h1.customer_id = c.customer_id AND h1.month = c.month + INTERVAL 1 MONTH
+    JOIN ground_truth gt USING (customer_id, month)
+    LEFT JOIN tx USING (customer_id, month) LEFT JOIN conc USING (customer_id, month) LEFT JOIN usual USING (customer_id)
+    WHERE {" + ".join(f"h0.{p}" for p in CORE_PRODUCTS)} > 0
+    ORDER BY c.customer_id, c.month"""
+    return _fetch(con, sql)
+
+
+def test_cyclic_view_recovers_the_broken_routine_and_monthly_totals_do_not(on, off):
+    lift_on, oracle_on, lift_off = _lifts(on, off, _cyclic, CONTROL + ["n_txn", "spend", "grocery"],
+                                          ["weekday_conc", "conc_vs_usual", "usual_conc"])
+    assert oracle_on > 0.03, oracle_on
+    assert lift_on > 0.02, lift_on  # the weekly period and its break; monthly count, spend, grocery count do not
+    assert lift_off < 0.01, lift_off
+
+
+def test_ground_truth_marks_exactly_the_broken_routines(on, off):
+    rows = on.execute("""
+        WITH g AS (SELECT t.customer_id, date_trunc('month', ts)::DATE AS month,
+                          bool_and(isodow(ts) - 1 = gt.routine_weekday) AS on_routine, count(*) AS n
+                   FROM transactions t JOIN mcc_tree USING (mcc)
+                   JOIN ground_truth gt ON gt.customer_id = t.customer_id AND gt.month = date_trunc('month', t.ts)
+                   WHERE l2 = 'grocery' AND gt.routine_weekday IS NOT NULL GROUP BY ALL)
+        SELECT gt.mech_routine_break, gt.mech_burst, count(*), avg(on_routine::INT)
+        FROM g JOIN ground_truth gt USING (customer_id, month) WHERE n >= 3 GROUP BY ALL""").fetchall()
+    share = {(r[0], r[1]): (r[2], r[3]) for r in rows}
+    assert share[(False, False)][1] == 1.0  # an unbroken routine: every grocery transaction on its weekday
+    assert share[(True, False)][0] > 50 and share[(True, False)][1] < 0.1  # a broken one: almost never
+    assert on.execute("SELECT count(*) FROM ground_truth WHERE mech_routine_break AND routine_weekday IS NULL").fetchone()[0] == 0
+    assert off.execute("SELECT count(*) FILTER (WHERE mech_routine_break OR routine_weekday IS NOT NULL) FROM ground_truth").fetchone()[0] == 0

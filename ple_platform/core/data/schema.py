@@ -148,6 +148,8 @@ GROUND_TRUTH_SCHEMA = pa.schema(
         pa.field("mech_burst", pa.bool_()),
         pa.field("mech_sibling_shift", pa.bool_()),
         pa.field("mech_peer_products", pa.int32()),  # bit j: a peer acquired PRODUCT_NAMES[j] this month
+        pa.field("routine_weekday", pa.int8()),  # weekly grocery routine, 0 = Monday; NULL = none
+        pa.field("mech_routine_break", pa.bool_()),
     ]
 )
 

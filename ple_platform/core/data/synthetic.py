@@ -282,7 +282,7 @@ ACCOUNT_PRODUCTS = (
 # Each one raises specific hazards at t+1 and leaves its footprint at t only in a structure that monthly
 # totals and category shares do not show. They draw from their own stream (``SeedSequence([seed, 2, m, c])``),
 # so switching one off leaves every other draw as it was: with none on, the panel equals generator v1.
-MECHANISMS: tuple[str, ...] = ("sequential", "hierarchical", "graph")
+MECHANISMS: tuple[str, ...] = ("sequential", "hierarchical", "graph", "cyclic")
 # Sequential: an active customer goes quiet and comes back with a burst in the month's last days (same count,
 # categories and amounts as usual; only the timing moves), then takes a loan the next month.
 BURST_P = 0.03  # monthly probability among active customers
@@ -302,6 +302,14 @@ HANGOUT_P = 0.5  # share of a member's transactions in those categories made at 
 LOCAL_MERCHANTS = 4096  # neighbourhood merchants per code of those categories, outside the public pool
 PEER_PRODUCTS = ("credit_card", "e_account", "funds", "securities", "pension_plan", "short_deposit", "long_deposit")
 PEER_LOGODDS = 3.0  # x20 odds
+# Cyclic: a third of customers shop for groceries on one fixed weekday (a weekly rhythm); a disruption (moving
+# out, a break-up, a new job elsewhere) dissolves the rhythm for a month -- same count, categories and amounts,
+# only the days lose their period -- and the customer is likelier to drop a core product the next month.
+# Own stream: SeedSequence([seed, 3, m + 1, c]) (routines: [seed, 3, 0, c]).
+ROUTINE_SHARE = 0.35
+ROUTINE_L2 = "grocery"
+BREAK_P = 0.04  # monthly, among customers with a routine
+BREAK_CHURN_LOGODDS = 3.0  # on each core product's churn hazard at t+1
 
 ACQ_NOISE_SD = 0.6  # customer-month logit noise (unobservable even in principle)
 CHURN_NOISE_SD = 0.6
@@ -407,6 +415,7 @@ class _Params:
     shift_to: int
     hangout_l2: np.ndarray  # bool (n_l2,)
     peer_cols: np.ndarray
+    routine_l2: int
 
 
 def _l2_vec(d: dict[str, float], names: tuple[str, ...], default: float = 0.0) -> np.ndarray:
@@ -539,6 +548,7 @@ def _params() -> _Params:
         shift_to=names.index(SHIFT_TO),
         hangout_l2=np.isin(np.array(names), HANGOUT_L2),
         peer_cols=_pcols(PEER_PRODUCTS),
+        routine_l2=names.index(ROUTINE_L2),
     )
 
 
@@ -577,6 +587,8 @@ class _State:
     mech_burst: np.ndarray  # bool: this month's transactions were a month-end burst (acts at the next transition)
     mech_shift: np.ndarray  # bool: this month's mix was shifted (acts at the next transition)
     peer_mask: np.ndarray  # int32 bits over products: a peer acquired it this month and the customer lacks it
+    routine_wd: np.ndarray  # int8 weekday (0 = Monday) of the weekly grocery routine, -1 = none (cyclic)
+    mech_break: np.ndarray  # bool: this month's routine was broken (acts at the next transition)
 
     @classmethod
     def empty(cls, n: int) -> _State:
@@ -607,6 +619,8 @@ class _State:
             mech_burst=np.zeros(n, bool),
             mech_shift=np.zeros(n, bool),
             peer_mask=np.zeros(n, np.int32),
+            routine_wd=np.full(n, -1, np.int8),
+            mech_break=np.zeros(n, bool),
         )
 
     def chunk(self, sl: slice) -> _State:
@@ -912,6 +926,7 @@ def _transition_holdings(
     noise = ACQ_NOISE_SD * eps
     acq_logit = acq0 + obs + lat + intent + mech + noise
     churn_logit = churn0 - 0.5 * (obs_aff + lat_aff) + 1.0 * inactive + CHURN_NOISE_SD * eps
+    churn_logit[:, par.core_cols] += BREAK_CHURN_LOGODDS * sub.mech_break[:, None]
 
     held = hold.astype(bool)
     acquired = ~held & (u < _sigmoid(acq_logit))
@@ -1083,7 +1098,7 @@ def _l2_mix(st: _State, shift: np.ndarray | None = None) -> np.ndarray:
 
 def _transactions(
     st: _State, global_idx: np.ndarray, month: _Month, seed: int, rng: np.random.Generator,
-    mrng: np.random.Generator, mechanisms: tuple[str, ...] = (),
+    mrng: np.random.Generator, mechanisms: tuple[str, ...] = (), broken: np.ndarray | None = None,
 ) -> _Txns:
     """One month of card transactions for the (active) customers in ``st``: fully vectorised. ``mrng`` is the
     mechanisms' stream: always drawn, so the other draws do not depend on which mechanisms are on."""
@@ -1107,6 +1122,15 @@ def _transactions(
     # Month-end burst: the uniform day maps monotonically onto the last BURST_DAYS days (no extra draw).
     day = np.where(burst[row], month.days - BURST_DAYS + day * BURST_DAYS // month.days, day)
     u_hang = mrng.random(total)
+    if "cyclic" in mechanisms:
+        # Weekly routine: a routine customer's grocery day moves back to the routine weekday of its week (the
+        # next one for the first days of the month), unless the routine is broken this month or the month is a
+        # month-end burst (its timing wins).
+        wd = st.routine_wd[row].astype(np.int64)
+        keep = (wd >= 0) & (l2 == par.routine_l2) & ~broken[row] & ~burst[row]
+        back = (month.start.weekday() + day - wd) % 7
+        moved = np.where(day - back >= 0, day - back, day - back + 7)
+        day = np.where(keep & (moved < month.days), moved, day)
     key = st.persona[row].astype(np.int64) * 2 + month.weekend[day]
     hour = np.searchsorted(par.hour_key, key + u[1], side="right") - key * 24
     second = rng.integers(0, 3600, total)
@@ -1198,7 +1222,9 @@ def _holdings_table(st: _State, ids: pa.Array, month: _Month) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=TABLE_SCHEMAS["holdings"])
 
 
-def _ground_truth_table(st: _State, ids: pa.Array, month: _Month, full: _State, rows: np.ndarray) -> pa.Table:
+def _ground_truth_table(
+    st: _State, ids: pa.Array, month: _Month, full: _State, rows: np.ndarray, routine_on: bool
+) -> pa.Table:
     """``st``: the present customers' state; ``full``/``rows``: the chunk state after this month's mechanisms."""
     n = len(st.persona)
     cols = [ids, _dates(np.full(n, month.epoch_day)), _lookup(PERSONAS, st.persona)]
@@ -1210,6 +1236,8 @@ def _ground_truth_table(st: _State, ids: pa.Array, month: _Month, full: _State, 
         pa.array(full.mech_burst[rows], pa.bool_()),
         pa.array(full.mech_shift[rows], pa.bool_()),
         pa.array(full.peer_mask[rows], pa.int32()),
+        pa.array(full.routine_wd[rows], pa.int8(), mask=(full.routine_wd[rows] < 0) | (not routine_on)),
+        pa.array(full.mech_break[rows], pa.bool_()),
     ]
     return pa.Table.from_arrays(cols, schema=TABLE_SCHEMAS["ground_truth"])
 
@@ -1265,6 +1293,7 @@ class _Stats:
             "mechanism_burst_share": c.get("mech_burst", 0) / cm,
             "mechanism_shift_share": c.get("mech_shift", 0) / cm,
             "mechanism_peer_share": c.get("mech_peer", 0) / cm,
+            "mechanism_break_share": c.get("mech_break", 0) / cm,
         }
         for name in INTENTS:
             rates[f"intent_{name}_active_share"] = c.get(f"intent_{name}", 0) / cm
@@ -1296,6 +1325,9 @@ class Panel:
             # rest of the initial state is that of generator v1).
             perm = self._rng(2, 0, c).permutation(sl.stop - sl.start)
             st.community[perm] = sl.start + np.arange(len(perm), dtype=np.int32) // COMMUNITY_SIZE
+            crng = self._rng(3, 0, c)
+            routine = crng.random(len(perm)) < ROUTINE_SHARE
+            st.routine_wd[:] = np.where(routine, crng.integers(0, 7, len(perm)), -1)
         self.stats.add("customers", config.n_customers)
         self.stats.add("joined", int((self.state.join_m > 0).sum()))
 
@@ -1311,11 +1343,13 @@ class Panel:
         month = _Month.of(self.config, m)
         for c, sl in enumerate(self._chunks()):
             yield self._step(
-                self.state.chunk(sl), np.arange(sl.start, sl.stop), m, month, self._rng(1, m, c), self._rng(2, m + 1, c)
+                self.state.chunk(sl), np.arange(sl.start, sl.stop), m, month, self._rng(1, m, c), self._rng(2, m + 1, c),
+                self._rng(3, m + 1, c),
             )
 
     def _step(
-        self, st: _State, gidx: np.ndarray, m: int, month: _Month, rng: np.random.Generator, mrng: np.random.Generator
+        self, st: _State, gidx: np.ndarray, m: int, month: _Month, rng: np.random.Generator, mrng: np.random.Generator,
+        crng: np.random.Generator,
     ) -> _ChunkOut:
         par = _params()
         n = len(gidx)
@@ -1356,7 +1390,8 @@ class Panel:
         sub = _State(**{k: v[alive] for k, v in st.__dict__.items()})
         active = np.flatnonzero(~sub.inactive)
         act = _State(**{k: v[active] for k, v in sub.__dict__.items()})
-        tx = _transactions(act, gidx[alive][active], month, self.config.seed, rng, mrng, mech)
+        broken = (act.routine_wd >= 0) & (crng.random(n)[alive[active]] < BREAK_P)
+        tx = _transactions(act, gidx[alive][active], month, self.config.seed, rng, mrng, mech, broken)
         st.last_spend[:] = 0.0
         st.last_spend[alive[active]] = tx.spend
         # What the mechanisms did this month; the transition into m + 1 reads it (like last_spend).
@@ -1365,6 +1400,9 @@ class Panel:
         st.mech_shift[:] = False
         if "hierarchical" in mech:
             st.mech_shift[alive[active]] = act.shift
+        st.mech_break[:] = False
+        if "cyclic" in mech:
+            st.mech_break[alive[active]] = broken
         st.peer_mask[:] = 0
         if "graph" in mech:
             st.peer_mask[:] = _peer_mask(st, gidx[0], acquired_all, alive_mask)
@@ -1380,6 +1418,7 @@ class Panel:
         S.add("mech_burst", st.mech_burst.sum())
         S.add("mech_shift", st.mech_shift.sum())
         S.add("mech_peer", (st.peer_mask != 0).sum())
+        S.add("mech_break", st.mech_break.sum())
         for k, name in enumerate(INTENTS):
             S.add(f"intent_{name}", (sub.intent[:, k] > 0).sum())
         for j, name in enumerate(PRODUCT_NAMES):
@@ -1392,7 +1431,7 @@ class Panel:
                 "customers": _customers_table(sub, ids, m, month, income_null, self._start_epoch_month),
                 "holdings": _holdings_table(sub, ids, month),
                 "transactions": _transactions_table(tx, ids.take(pa.array(active, pa.int64()))),
-                "ground_truth": _ground_truth_table(sub, ids, month, st, alive),
+                "ground_truth": _ground_truth_table(sub, ids, month, st, alive, "cyclic" in mech),
             }
         return _ChunkOut(tables)
 
