@@ -30,8 +30,9 @@ holdings complementarity, tenure, last month's spend), latent state, lagged inte
 Planted mechanisms (``SyntheticConfig.mechanisms``, docs/data.md §4.1) add signal that monthly totals and shares
 do not show: a month-end burst after quiet weeks (timing) precedes a loan, restaurant spend moving to grocery
 under the same L1 parent (hierarchy) precedes a deposit, and a community peer's acquisition, visible only by
-linking customers through shared neighbourhood merchants (graph), raises the odds of the same product. They draw
-from their own stream ``SeedSequence([seed, 2, m + 1, c])`` (communities: ``[seed, 2, 0, c]``), so with
+linking customers through shared neighbourhood merchants (graph), raises the odds of the same product, and a
+weekly grocery routine that loses its period (cyclic) precedes the loss of a core product. They draw from their
+own streams ``SeedSequence([seed, 2, m + 1, c])`` (communities: ``[seed, 2, 0, c]``; cyclic: stream 3), so with
 ``mechanisms=()`` the customers, holdings and transactions are those of generator v1, byte for byte.
 """
 

@@ -7,7 +7,8 @@ oracle is trained on the same rows, with the same LightGBM recipe, as the per-ta
 the two is the value of the ground truth and nothing else.
 
 Ground-truth columns at month t describe what acts on the transition t -> t+1: intents of t, the month-end burst
-and sibling shift seen in t's transactions, and the products a community peer acquired at t.
+and sibling shift seen in t's transactions, the products a community peer acquired at t, and a broken weekly
+routine at t (which acts on churn).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _NUMERIC = (
 )  # fmt: skip
 GROUND_TRUTH_FEATURES: tuple[str, ...] = (
     *_NUMERIC, "persona_code", "life_event_code", "mech_burst", "mech_sibling_shift",
-    *(f"peer_acquired_{p}" for p in PEER_PRODUCTS),
+    *(f"peer_acquired_{p}" for p in PEER_PRODUCTS), "routine_weekday", "mech_routine_break",
 )  # fmt: skip
 
 
@@ -58,7 +59,9 @@ def ground_truth_features(
             SELECT r.i, {", ".join(f"g.{c}::FLOAT AS {c}" for c in _NUMERIC)},
                    (list_position([{personas}], g.persona) - 1)::FLOAT AS persona_code,
                    (list_position([{events}], g.life_event) - 1)::FLOAT AS life_event_code,
-                   g.mech_burst::FLOAT AS mech_burst, g.mech_sibling_shift::FLOAT AS mech_sibling_shift, {peer}
+                   g.mech_burst::FLOAT AS mech_burst, g.mech_sibling_shift::FLOAT AS mech_sibling_shift, {peer},
+                   coalesce(g.routine_weekday, -1)::FLOAT AS routine_weekday,
+                   g.mech_routine_break::FLOAT AS mech_routine_break
             FROM _oracle_rows r JOIN read_parquet({[str(f) for f in files]}) g
               ON g.customer_id = r.customer_id AND g.month = r.month""").fetchnumpy()
     finally:
