@@ -281,8 +281,9 @@ ACCOUNT_PRODUCTS = (
 )  # fmt: skip
 # --- planted mechanisms (docs/data.md §4.1) ------------------------------------------------------------------
 # Each one raises specific hazards at t+1 and leaves its footprint at t only in a structure that monthly
-# totals and category shares do not show. They draw from their own stream (``SeedSequence([seed, 2, m, c])``),
-# so switching one off leaves every other draw as it was: with none on, the panel equals generator v1.
+# totals and category shares do not show. They draw from their own streams (``SeedSequence([seed, 2, m + 1, c])``,
+# the cyclic one ``[seed, 3, m + 1, c]``) whether on or off, so switching one off leaves every other draw as it
+# was: with none on, the raw tables equal generator v1's.
 MECHANISMS: tuple[str, ...] = ("sequential", "hierarchical", "graph", "cyclic")
 # Sequential: an active customer goes quiet and comes back with a burst in the month's last days (same count,
 # categories and amounts as usual; only the timing moves), then takes a loan the next month.
@@ -292,10 +293,10 @@ BURST_MIN_TXNS = 3  # fewer transactions than this cannot show the pattern, so t
 _PRODUCT_BURST = {"loans": 0.05}  # monthly conversion at t+1, like _PRODUCT_INTENT
 # Hierarchical: restaurant spend moves to grocery (both children of L1 "food", whose count share is unchanged):
 # cutting back to save, followed by a deposit.
-SHIFT_ONSET, SHIFT_END = 0.02, 0.40  # monthly; prevalence ~ 0.02 / 0.42 ~ 5% of customer-months
+SHIFT_ONSET, SHIFT_END = 0.02, 0.40  # monthly; ~5% of customers at a time (3.8% of customer-months act: active ones)
 SHIFT_FROM, SHIFT_TO, SHIFT_FRACTION = "restaurants", "grocery", 0.8
 _PRODUCT_SHIFT = {"short_deposit": 0.02, "medium_deposit": 0.01, "long_deposit": 0.02}
-# Graph: customers form communities of 6 (a random partition within each chunk, unrelated to ids) that share
+# Graph: customers form communities of 8 (a random partition within each chunk, unrelated to ids) that share
 # neighbourhood merchants; a member's acquisition of a peer product at t raises the others' odds of it at t+1.
 COMMUNITY_SIZE = 8
 HANGOUT_L2 = ("restaurants", "bars", "grocery", "recreation", "personal_services")
