@@ -158,6 +158,10 @@ def test_a_burst_keeps_the_monthly_count_and_mix(on):
               FROM transactions GROUP BY ALL) GROUP BY 1) e USING (customer_id)
         WHERE n >= 3 GROUP BY 1""").fetchall())
     assert abs(rows[True] - rows[False]) < 0.05, rows
+    mix = dict(on.execute("""
+        SELECT g.mech_burst, avg((l1 = 'food')::INT) FROM transactions t JOIN mcc_tree USING (mcc)
+        JOIN ground_truth g ON g.customer_id = t.customer_id AND g.month = date_trunc('month', t.ts) GROUP BY 1""").fetchall())
+    assert abs(mix[True] - mix[False]) < 0.02, mix
 
 
 # --- hierarchical: restaurant -> grocery inside L1 food -> deposits ------------------------------------------
