@@ -8,6 +8,8 @@ month 2016-05 (train 2015-06..2016-02, validate 2016-03, test 2016-04) and ``ass
 trained on the same rows and scored on the same test customers in the same run. Prints per seed the mean binary
 AUC of each model with the paired 95% CI of teacher − LightGBM, the worst task, throughput (samples/s) of the
 teacher and of the vanilla PLE, and the verdict against the goal (mean ≥ +0.005, no task below −0.005).
+The oracle ceiling (``core/model/oracle.py``: the LightGBM recipe on the same rows plus the generator's ground
+truth) is trained in the same run, and every model is also reported as a fraction of it (``--no-oracle`` skips).
 Writes the full results as JSON to ``<workdir>/quality<tag>_seed<k>.json``.
 """
 
@@ -63,6 +65,7 @@ def main() -> None:
     ap.add_argument("--expert-dim", type=int, default=32)
     ap.add_argument("--tag", default="", help="names this configuration's outputs (several can share a workdir)")
     ap.add_argument("--summarize", action="store_true", help="only print the summary of stored results")
+    ap.add_argument("--no-oracle", action="store_true", help="skip the oracle ceiling (ground truth + LightGBM)")
     args = ap.parse_args()
     workdir = Path(args.workdir)
     if args.summarize:
@@ -88,6 +91,12 @@ def main() -> None:
             fitted = fit_teacher(con, MODEL_MONTH, settings.fit_end_month, teacher, workdir / f"ckpt{args.tag}{seed}")
             result = assess_teacher(con, fitted.checkpoint, workdir / f"assess{args.tag}{seed}",
                                     AssessmentSettings(n_boot=200, lgb_num_boost_round=400))
+            if not args.no_oracle:
+                from ple_platform.core.model.inference import load_checkpoint_data
+                from ple_platform.core.model.oracle import assess_oracle
+
+                raw = load_checkpoint_data(con, fitted.checkpoint, all_customers=("test",)).raw
+                result["oracle"] = assess_oracle(raw, settings.landing_path, seed=seed)
         result["teacher_fit"] = {"samples_per_second": fitted.samples_per_second, "seconds": fitted.seconds,
                                  "epochs": args.epochs, "per_month": args.per_month}
         (workdir / f"quality{args.tag}_seed{seed}.json").write_text(json.dumps(result, default=str, indent=1))
@@ -103,14 +112,20 @@ def summarize(workdir: Path, tag: str, seeds: list[int]) -> None:
     from ple_platform.core.tasks.spec import TASKS_BY_NAME
 
     results = {s: json.loads((workdir / f"quality{tag}_seed{s}.json").read_text()) for s in seeds}
-    print("\n| seed | teacher AUC | LightGBM AUC | vanilla PLE AUC | teacher − LightGBM [95% CI] | worst task | "
-          "teacher samples/s | vanilla samples/s | goal met |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    from ple_platform.core.model.oracle import fraction_of_oracle
+
+    print("\n| seed | teacher AUC | LightGBM AUC | vanilla PLE AUC | oracle AUC | fraction of oracle (teacher / LightGBM "
+          "/ vanilla) | teacher − LightGBM [95% CI] | worst task | teacher samples/s | vanilla samples/s | goal met |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for seed, r in results.items():
         auc, goal = r["mean_binary_auc"], r["goal"]
         lo, hi = goal["mean_auc_diff_ci"]
         sps = (r.get("teacher_fit") or {}).get("samples_per_second")
+        oracle = (r.get("oracle") or {}).get("mean_binary_auc", float("nan"))
+        frac = " / ".join(f"{fraction_of_oracle(auc.get(m, float('nan')), oracle):.2f}"
+                          for m in ("teacher", "lightgbm", "vanilla_ple"))
         print(f"| {seed} | {auc['teacher']:.4f} | {auc['lightgbm']:.4f} | {auc.get('vanilla_ple', float('nan')):.4f} | "
+              f"{oracle:.4f} | {frac} | "
               f"{goal['mean_auc_diff']:+.4f} [{lo:+.4f}, {hi:+.4f}] | {goal['worst_task']} "
               f"({goal['worst_task_diff']:+.4f}) | {'–' if sps is None else f'{sps:.0f}'} | "
               f"{r['vanilla_ple'].get('samples_per_second') or float('nan'):.0f} | {goal['met']} |")

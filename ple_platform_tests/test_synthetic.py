@@ -341,7 +341,7 @@ def test_chunking_gives_the_same_distributions_and_consistent_row_counts(tmp_pat
 def test_variance_budget_orders_information_sets():
     budget = variance_budget(SyntheticConfig(n_customers=1500, n_months=5, seed=2))
     shares = budget["logit_variance_share"]
-    assert set(shares) == {"observable", "latent", "intent", "noise"}
+    assert set(shares) == {"observable", "latent", "intent", "mechanism", "noise"}
     any_ = budget["groups"]["any"]
     assert 0.02 < any_["rate"] < 0.1
     assert any_["auc[true_hazard]"] > any_["auc[observable]"] > 0.55

@@ -143,6 +143,13 @@ GROUND_TRUTH_SCHEMA = pa.schema(
         pa.field("intent_family", pa.float32()),
         pa.field("intent_digital", pa.float32()),
         pa.field("life_event", pa.string()),
+        # Planted mechanisms (docs/data.md §4.1), each acting on the hazards of the next month.
+        pa.field("community", pa.int32()),
+        pa.field("mech_burst", pa.bool_()),
+        pa.field("mech_sibling_shift", pa.bool_()),
+        pa.field("mech_peer_products", pa.int32()),  # bit j: a peer acquired PRODUCT_NAMES[j] this month
+        pa.field("routine_weekday", pa.int8()),  # weekly grocery routine, 0 = Monday; NULL = none
+        pa.field("mech_routine_break", pa.bool_()),
     ]
 )
 

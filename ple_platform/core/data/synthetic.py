@@ -26,6 +26,14 @@ first changes the month's transactions (MCC mix, amounts, counts) and only from 
 acquisition hazard of related products: that lag is the leading signal the sequence models should find.
 Product acquisition/churn are logistic hazards in observable attributes (age bands, income, segment,
 holdings complementarity, tenure, last month's spend), latent state, lagged intents and noise.
+
+Planted mechanisms (``SyntheticConfig.mechanisms``, docs/data.md §4.1) add signal that monthly totals and shares
+do not show: a month-end burst after quiet weeks (timing) precedes a loan, restaurant spend moving to grocery
+under the same L1 parent (hierarchy) precedes a deposit, and a community peer's acquisition, visible only by
+linking customers through shared neighbourhood merchants (graph), raises the odds of the same product, and a
+weekly grocery routine that loses its period (cyclic) precedes the loss of a core product. They draw from their
+own streams ``SeedSequence([seed, 2, m + 1, c])`` (communities: ``[seed, 2, 0, c]``; cyclic: stream 3), so with
+``mechanisms=()`` the customers, holdings and transactions are those of generator v1, byte for byte.
 """
 
 from __future__ import annotations
@@ -63,7 +71,7 @@ from ple_platform.core.data.schema import (
 )
 from ple_platform.core.data.taxonomy import mcc_hierarchy
 
-GENERATOR_VERSION = "ple-synthetic-panel/1"
+GENERATOR_VERSION = "ple-synthetic-panel/2"
 TABLES: tuple[str, ...] = ("customers", "holdings", "transactions", "ground_truth")
 
 # ------------------------------------------------------------------------------------------------------------
@@ -271,6 +279,40 @@ _PRODUCT_INTENT = (
 ACCOUNT_PRODUCTS = (
     "current_account", "payroll_account", "mas_particular", "particular_account", "particular_plus", "e_account",
 )  # fmt: skip
+# --- planted mechanisms (docs/data.md §4.1) ------------------------------------------------------------------
+# Each one raises specific hazards at t+1 and leaves its footprint at t only in a structure that monthly
+# totals and category shares do not show. They draw from their own streams (``SeedSequence([seed, 2, m + 1, c])``,
+# the cyclic one ``[seed, 3, m + 1, c]``) whether on or off, so switching one off leaves every other draw as it
+# was: with none on, the raw tables equal generator v1's.
+MECHANISMS: tuple[str, ...] = ("sequential", "hierarchical", "graph", "cyclic")
+# Sequential: an active customer goes quiet and comes back with a burst in the month's last days (same count,
+# categories and amounts as usual; only the timing moves), then takes a loan the next month.
+BURST_P = 0.03  # monthly probability among active customers
+BURST_DAYS = 7  # every transaction falls in the last 7 days: >= 3 quiet weeks before
+BURST_MIN_TXNS = 3  # fewer transactions than this cannot show the pattern, so the mechanism does not act
+_PRODUCT_BURST = {"loans": 0.05}  # monthly conversion at t+1, like _PRODUCT_INTENT
+# Hierarchical: restaurant spend moves to grocery (both children of L1 "food", whose count share is unchanged):
+# cutting back to save, followed by a deposit.
+SHIFT_ONSET, SHIFT_END = 0.02, 0.40  # monthly; ~5% of customers at a time (3.8% of customer-months act: active ones)
+SHIFT_FROM, SHIFT_TO, SHIFT_FRACTION = "restaurants", "grocery", 0.8
+_PRODUCT_SHIFT = {"short_deposit": 0.02, "medium_deposit": 0.01, "long_deposit": 0.02}
+# Graph: customers form communities of 8 (a random partition within each chunk, unrelated to ids) that share
+# neighbourhood merchants; a member's acquisition of a peer product at t raises the others' odds of it at t+1.
+COMMUNITY_SIZE = 8
+HANGOUT_L2 = ("restaurants", "bars", "grocery", "recreation", "personal_services")
+HANGOUT_P = 0.5  # share of a member's transactions in those categories made at the community's merchant of the code
+LOCAL_MERCHANTS = 4096  # neighbourhood merchants per code of those categories, outside the public pool
+PEER_PRODUCTS = ("credit_card", "e_account", "funds", "securities", "pension_plan", "short_deposit", "long_deposit")
+PEER_LOGODDS = 3.0  # x20 odds
+# Cyclic: a third of customers shop for groceries on one fixed weekday (a weekly rhythm); a disruption (moving
+# out, a break-up, a new job elsewhere) dissolves the rhythm for a month -- same count, categories and amounts,
+# only the days lose their period -- and the customer is likelier to drop a core product the next month.
+# Own stream: SeedSequence([seed, 3, m + 1, c]) (routines: [seed, 3, 0, c]).
+ROUTINE_SHARE = 0.35
+ROUTINE_L2 = "grocery"
+BREAK_P = 0.04  # monthly, among customers with a routine
+BREAK_CHURN_LOGODDS = 3.0  # on each core product's churn hazard at t+1
+
 ACQ_NOISE_SD = 0.6  # customer-month logit noise (unobservable even in principle)
 CHURN_NOISE_SD = 0.6
 
@@ -288,8 +330,14 @@ class SyntheticConfig:
     n_months: int = 17
     seed: int = 7
     chunk_size: int = 50_000
+    mechanisms: tuple[str, ...] = MECHANISMS  # planted mechanisms switched on (§4.1); () = generator v1
 
     def __post_init__(self) -> None:
+        mech = tuple(self.mechanisms)
+        unknown = sorted(set(mech) - set(MECHANISMS))
+        if unknown:
+            raise ValueError(f"mechanisms={list(mech)}: unknown {unknown} (known: {list(MECHANISMS)})")
+        object.__setattr__(self, "mechanisms", tuple(m for m in MECHANISMS if m in mech))
         if not 1 <= self.n_customers <= 9_999_999:
             raise ValueError(f"n_customers={self.n_customers}: must be in 1..9,999,999 (ids are S + 7 digits)")
         if self.n_months < 1:
@@ -315,6 +363,7 @@ class SyntheticConfig:
             "n_months": self.n_months,
             "seed": self.seed,
             "chunk_size": self.chunk_size,
+            "mechanisms": list(self.mechanisms),
         }
 
 
@@ -345,7 +394,8 @@ class _Params:
     code_order: np.ndarray  # position in code_key -> code index
     code_pool: np.ndarray  # merchants per code
     code_pool_offset: np.ndarray
-    merchant_ids: pa.Array  # every merchant id string, indexed by pool_offset + k
+    merchant_ids: pa.Array  # every merchant id string, indexed by pool_offset + k (then the local merchants)
+    local_offset: np.ndarray  # per code: index of its first neighbourhood merchant (-1: none)
     hour_key: np.ndarray  # flat monotone key over (persona, weekend) x 24 hours
     channel_p: np.ndarray  # (6, n_channels)
     share_logit: np.ndarray  # (24,)
@@ -363,6 +413,11 @@ class _Params:
     deposit_cols: np.ndarray
     core_cols: np.ndarray
     intent_products: tuple[np.ndarray, ...]  # per intent: products whose acquisition satisfies it
+    shift_from: int  # L2 index
+    shift_to: int
+    hangout_l2: np.ndarray  # bool (n_l2,)
+    peer_cols: np.ndarray
+    routine_l2: int
 
 
 def _l2_vec(d: dict[str, float], names: tuple[str, ...], default: float = 0.0) -> np.ndarray:
@@ -438,7 +493,15 @@ def _params() -> _Params:
     share = (base / base.sum())[h.code_l2] * (weight / l2_total[h.code_l2])
     pool = np.maximum(20, np.round(share * 100 * MERCHANTS_PER_UNIT)).astype(np.int64)
     offset = np.concatenate([[0], np.cumsum(pool)[:-1]])
-    merchant_ids = pa.array([f"M{int(code)}-{k:05d}" for code, n in zip(h.codes, pool) for k in range(n)], pa.string())
+    # Neighbourhood merchants (graph mechanism) follow the public pool of their code in numbering and after
+    # every public merchant in the array, so the public indices are those of generator v1.
+    local = np.isin(h.code_l2, [names.index(n) for n in HANGOUT_L2])
+    local_offset = np.where(local, pool.sum() + LOCAL_MERCHANTS * (np.cumsum(local) - 1), -1)
+    merchant_ids = pa.array(
+        [f"M{int(code)}-{k:05d}" for code, n in zip(h.codes, pool) for k in range(n)]
+        + [f"M{int(code)}-{n + k:05d}" for code, n in zip(h.codes[local], pool[local]) for k in range(LOCAL_MERCHANTS)],
+        pa.string(),
+    )
 
     amount = np.array([_L2_AMOUNT[n] for n in names])
     channel = np.tile(_CHANNEL_BASE, (len(PERSONAS), 1))
@@ -465,6 +528,7 @@ def _params() -> _Params:
         code_pool=pool,
         code_pool_offset=offset,
         merchant_ids=merchant_ids,
+        local_offset=local_offset,
         hour_key=_flat_key(_hour_profiles().reshape(-1, 24)),
         channel_p=channel,
         share_logit=_logit(share0),
@@ -482,6 +546,11 @@ def _params() -> _Params:
         deposit_cols=_pcols(PRODUCTS_BY_GROUP["deposits"]),
         core_cols=_pcols(CORE_PRODUCTS),
         intent_products=intent_products,
+        shift_from=names.index(SHIFT_FROM),
+        shift_to=names.index(SHIFT_TO),
+        hangout_l2=np.isin(np.array(names), HANGOUT_L2),
+        peer_cols=_pcols(PEER_PRODUCTS),
+        routine_l2=names.index(ROUTINE_L2),
     )
 
 
@@ -515,6 +584,13 @@ class _State:
     fav_l2: np.ndarray  # int8
     last_spend: np.ndarray  # float32 spend of the previous month (observable behaviour)
     event: np.ndarray  # int8 life event of the current month
+    community: np.ndarray  # int32 community id (graph mechanism), unique within the panel
+    shift: np.ndarray  # bool: restaurant -> grocery shift under way (hierarchical mechanism)
+    mech_burst: np.ndarray  # bool: this month's transactions were a month-end burst (acts at the next transition)
+    mech_shift: np.ndarray  # bool: this month's mix was shifted (acts at the next transition)
+    peer_mask: np.ndarray  # int32 bits over products: a peer acquired it this month and the customer lacks it
+    routine_wd: np.ndarray  # int8 weekday (0 = Monday) of the weekly grocery routine, -1 = none (cyclic)
+    mech_break: np.ndarray  # bool: this month's routine was broken (acts at the next transition)
 
     @classmethod
     def empty(cls, n: int) -> _State:
@@ -540,6 +616,13 @@ class _State:
             fav_l2=np.zeros(n, np.int8),
             last_spend=np.zeros(n, np.float32),
             event=np.zeros(n, np.int8),
+            community=np.zeros(n, np.int32),
+            shift=np.zeros(n, bool),
+            mech_burst=np.zeros(n, bool),
+            mech_shift=np.zeros(n, bool),
+            peer_mask=np.zeros(n, np.int32),
+            routine_wd=np.full(n, -1, np.int8),
+            mech_break=np.zeros(n, bool),
         )
 
     def chunk(self, sl: slice) -> _State:
@@ -702,6 +785,26 @@ def _intercepts() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return par.share_logit - offset, acq, par.churn_logit + 0.5 * offset + _CHURN_DRIFT, intent_w
 
 
+@lru_cache(maxsize=1)
+def _mechanism_weights() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(24,) acquisition log-odds added at t+1 by a month-end burst, a sibling shift and a peer's acquisition.
+    Burst and shift follow the intent rule (``logit(conversion) - intercept``, at least 0.5)."""
+    _, acq, _, _ = _intercepts()
+
+    def lift(d: dict[str, float]) -> np.ndarray:
+        conv = _prod_vec(d)
+        return np.where(conv > 0, np.maximum(_logit(np.where(conv > 0, conv, 0.5)) - acq, 0.5), 0.0)
+
+    peer = np.zeros(N_PRODUCTS)
+    peer[_params().peer_cols] = PEER_LOGODDS
+    return lift(_PRODUCT_BURST), lift(_PRODUCT_SHIFT), peer
+
+
+def _bits(mask: np.ndarray) -> np.ndarray:
+    """(n,) int32 product bit masks -> (n, 24) bool."""
+    return ((mask[:, None] >> np.arange(N_PRODUCTS, dtype=np.int32)) & 1).astype(bool)
+
+
 # Per-product corrections that cancel the share drift measured over a 17-month run: intents, onboarding
 # and logit noise add acquisitions the stationary algebra above does not see. Intent-driven products get
 # a higher churn instead of a lower base rate, so their acquisitions stay mostly intent-led.
@@ -780,6 +883,7 @@ class TransitionRecord:
     observable: np.ndarray  # attributes a feature can see (age band, income, segment, holdings, tenure, spend, ...)
     latent: np.ndarray  # persona, latent state, last month's life event
     intent: np.ndarray  # lagged intents (visible only through last month's transactions)
+    mechanism: np.ndarray  # planted mechanisms of last month (visible only through timing, leaf mix, peers)
     noise: np.ndarray  # customer-month noise
     held: np.ndarray  # bool: product held before the transition (no acquisition possible)
     acquired: np.ndarray  # bool
@@ -819,9 +923,12 @@ def _transition_holdings(
     lat[:, [_P["payroll_account"], _P["payroll"]]] += 1.5 * salary
     _, acq0, churn0, intent_w = _intercepts()
     intent = sub.intent.astype(np.float64) @ intent_w
+    burst_w, shift_w, peer_w = _mechanism_weights()
+    mech = sub.mech_burst[:, None] * burst_w + sub.mech_shift[:, None] * shift_w + _bits(sub.peer_mask) * peer_w
     noise = ACQ_NOISE_SD * eps
-    acq_logit = acq0 + obs + lat + intent + noise
+    acq_logit = acq0 + obs + lat + intent + mech + noise
     churn_logit = churn0 - 0.5 * (obs_aff + lat_aff) + 1.0 * inactive + CHURN_NOISE_SD * eps
+    churn_logit[:, par.core_cols] += BREAK_CHURN_LOGODDS * sub.mech_break[:, None]
 
     held = hold.astype(bool)
     acquired = ~held & (u < _sigmoid(acq_logit))
@@ -834,12 +941,27 @@ def _transition_holdings(
                 observable=obs.astype(np.float32),
                 latent=lat.astype(np.float32),
                 intent=intent.astype(np.float32),
+                mechanism=mech.astype(np.float32),
                 noise=noise.astype(np.float32),
                 held=held,
                 acquired=acquired,
             )
         )
     return acquired, lost
+
+
+def _peer_mask(st: _State, first: int, acquired: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """(n,) int32 bits over PEER_PRODUCTS: another member of the customer's community acquired the product in
+    this month's transition and the customer, present now, does not hold it. Communities never cross a chunk,
+    so one bincount over (community, product) pairs does it."""
+    par = _params()
+    n, k = len(st.community), len(par.peer_cols)
+    local = st.community.astype(np.int64) - first
+    own = acquired[:, par.peer_cols]
+    r, j = np.nonzero(own)
+    per_comm = np.bincount(local[r] * k + j, minlength=n * k).reshape(n, k)
+    peer = (per_comm[local] - own > 0) & ~st.hold[:, par.peer_cols].astype(bool) & alive[:, None]
+    return (peer.astype(np.int32) << par.peer_cols.astype(np.int32)).sum(1, dtype=np.int32)
 
 
 def _starter_holdings(st: _State, rows: np.ndarray, rng: np.random.Generator) -> None:
@@ -957,28 +1079,40 @@ class _Txns:
     merchant: np.ndarray  # int64 index into _Params.merchant_ids
     spend: np.ndarray  # per active row
     count: np.ndarray
+    burst: np.ndarray  # bool per active row: the month-end burst was placed
 
 
-def _l2_mix(st: _State) -> np.ndarray:
-    """(n, n_l2) category probabilities: persona base x latent tilt x favourite x (1 + intent footprint)."""
+def _l2_mix(st: _State, shift: np.ndarray | None = None) -> np.ndarray:
+    """(n, n_l2) category probabilities: persona base x latent tilt x favourite x (1 + intent footprint).
+    Rows in ``shift`` move SHIFT_FRACTION of their restaurant probability to grocery (same L1 total)."""
     par = _params()
     dev = st.lat.astype(np.float64) - POP_LATENT_MEAN
     logmix = par.l2_mix_log[st.persona] + dev @ par.l2_latent
     logmix[np.arange(len(logmix)), st.fav_l2] += np.log(FAV_L2_BOOST)
     mix = np.exp(logmix) * (1.0 + st.intent.astype(np.float64) @ par.l2_intent)
-    return mix / mix.sum(1, keepdims=True)
+    mix /= mix.sum(1, keepdims=True)
+    if shift is not None:
+        moved = SHIFT_FRACTION * shift * mix[:, par.shift_from]
+        mix[:, par.shift_from] -= moved
+        mix[:, par.shift_to] += moved
+    return mix
 
 
-def _transactions(st: _State, global_idx: np.ndarray, month: _Month, seed: int, rng: np.random.Generator) -> _Txns:
-    """One month of card transactions for the (active) customers in ``st``: fully vectorised."""
+def _transactions(
+    st: _State, global_idx: np.ndarray, month: _Month, seed: int, rng: np.random.Generator,
+    mrng: np.random.Generator, mechanisms: tuple[str, ...] = (), broken: np.ndarray | None = None,
+) -> _Txns:
+    """One month of card transactions for the (active) customers in ``st``: fully vectorised. ``mrng`` is the
+    mechanisms' stream: always drawn, so the other draws do not depend on which mechanisms are on."""
     par = _params()
     n = len(st.persona)
     if n == 0:
         empty = np.zeros(0, np.int64)
-        return _Txns(empty, empty, np.zeros(0), np.zeros(0, np.int16), empty, np.zeros(0), empty)
+        return _Txns(empty, empty, np.zeros(0), np.zeros(0, np.int16), empty, np.zeros(0), empty, np.zeros(0, bool))
     lam = PERSONA_TXN_RATE[st.persona] * np.exp(0.3 * st.lat[:, ACT]) * (1.0 + 0.15 * st.intent.sum(1))
     count = rng.poisson(lam)
-    l2_counts = rng.multinomial(count, _l2_mix(st))
+    shift = st.shift if "hierarchical" in mechanisms else None
+    l2_counts = rng.multinomial(count, _l2_mix(st, shift))
     total = int(count.sum())
     row = np.repeat(np.arange(n), count)
     l2 = np.repeat(np.tile(np.arange(par.n_l2), n), l2_counts.ravel())
@@ -986,6 +1120,19 @@ def _transactions(st: _State, global_idx: np.ndarray, month: _Month, seed: int, 
     u = rng.random((4, total))
     code = par.code_order[np.searchsorted(par.code_key, l2 + u[0], side="right")]
     day = rng.integers(0, month.days, total)
+    burst = (mrng.random(n) < BURST_P) & (count >= BURST_MIN_TXNS) & ("sequential" in mechanisms)
+    # Month-end burst: the uniform day maps monotonically onto the last BURST_DAYS days (no extra draw).
+    day = np.where(burst[row], month.days - BURST_DAYS + day * BURST_DAYS // month.days, day)
+    u_hang = mrng.random(total)
+    if "cyclic" in mechanisms:
+        # Weekly routine: a routine customer's grocery day moves back to the routine weekday of its week (the
+        # next one for the first days of the month), unless the routine is broken this month or the month is a
+        # month-end burst (its timing wins).
+        wd = st.routine_wd[row].astype(np.int64)
+        keep = (wd >= 0) & (l2 == par.routine_l2) & ~broken[row] & ~burst[row]
+        back = (month.start.weekday() + day - wd) % 7
+        moved = np.where(day - back >= 0, day - back, day - back + 7)
+        day = np.where(keep & (moved < month.days), moved, day)
     key = st.persona[row].astype(np.int64) * 2 + month.weekend[day]
     hour = np.searchsorted(par.hour_key, key + u[1], side="right") - key * 24
     second = rng.integers(0, 3600, total)
@@ -1010,11 +1157,21 @@ def _transactions(st: _State, global_idx: np.ndarray, month: _Month, seed: int, 
     fav_k = (h % pool.astype(np.uint64)).astype(np.int64)
     rand_k = np.minimum((pool * u[3] ** 2.5).astype(np.int64), pool - 1)
     merchant = par.code_pool_offset[code] + np.where(loyal, fav_k, rand_k)
+    if "graph" in mechanisms:
+        # Community members meet at one neighbourhood merchant per code (a stable hash of seed, community, code).
+        hang = par.hangout_l2[l2] & (u_hang < HANGOUT_P)
+        hc = code[hang].astype(np.uint64)
+        hh = _splitmix64(
+            np.uint64((seed * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF)
+            ^ st.community[row[hang]].astype(np.uint64) * np.uint64(0x94D049BB133111EB)
+            ^ (hc << np.uint64(40))
+        )
+        merchant[hang] = par.local_offset[code[hang]] + (hh % np.uint64(LOCAL_MERCHANTS)).astype(np.int64)
 
     order = np.argsort(row.astype(np.int64) << 42 | (ts - month.epoch_day * 86_400_000_000), kind="stable")
     row, ts, amount, code, merchant = row[order], ts[order], amount[order], code[order], merchant[order]
     spend = np.bincount(row, weights=amount, minlength=n)
-    return _Txns(row, ts, amount, mcc_hierarchy().codes[code], merchant, spend, count)
+    return _Txns(row, ts, amount, mcc_hierarchy().codes[code], merchant, spend, count, burst)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -1067,12 +1224,23 @@ def _holdings_table(st: _State, ids: pa.Array, month: _Month) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=TABLE_SCHEMAS["holdings"])
 
 
-def _ground_truth_table(st: _State, ids: pa.Array, month: _Month) -> pa.Table:
+def _ground_truth_table(
+    st: _State, ids: pa.Array, month: _Month, full: _State, rows: np.ndarray, routine_on: bool
+) -> pa.Table:
+    """``st``: the present customers' state; ``full``/``rows``: the chunk state after this month's mechanisms."""
     n = len(st.persona)
     cols = [ids, _dates(np.full(n, month.epoch_day)), _lookup(PERSONAS, st.persona)]
     cols += [pa.array(np.ascontiguousarray(st.lat[:, k]), pa.float32()) for k in range(5)]
     cols += [pa.array(np.ascontiguousarray(st.intent[:, k]), pa.float32()) for k in range(6)]
     cols.append(_lookup(LIFE_EVENTS, st.event))
+    cols += [
+        pa.array(full.community[rows], pa.int32()),
+        pa.array(full.mech_burst[rows], pa.bool_()),
+        pa.array(full.mech_shift[rows], pa.bool_()),
+        pa.array(full.peer_mask[rows], pa.int32()),
+        pa.array(full.routine_wd[rows], pa.int8(), mask=(full.routine_wd[rows] < 0) | (not routine_on)),
+        pa.array(full.mech_break[rows], pa.bool_()),
+    ]
     return pa.Table.from_arrays(cols, schema=TABLE_SCHEMAS["ground_truth"])
 
 
@@ -1124,6 +1292,10 @@ class _Stats:
             "customers_joined_mid_panel_share": c.get("joined", 0) / max(c.get("customers", 1), 1),
             "customers_left_share": c.get("left", 0) / max(c.get("customers", 1), 1),
             "life_event_share": c.get("life_events", 0) / cm,
+            "mechanism_burst_share": c.get("mech_burst", 0) / cm,
+            "mechanism_shift_share": c.get("mech_shift", 0) / cm,
+            "mechanism_peer_share": c.get("mech_peer", 0) / cm,
+            "mechanism_break_share": c.get("mech_break", 0) / cm,
         }
         for name in INTENTS:
             rates[f"intent_{name}_active_share"] = c.get(f"intent_{name}", 0) / cm
@@ -1151,6 +1323,13 @@ class Panel:
             st, rng = self.state.chunk(sl), self._rng(0, 0, c)
             _init_attributes(st, config.n_months, rng)
             _init_holdings(st, rng)
+            # Communities: a random partition of the chunk into groups of COMMUNITY_SIZE (drawn last, so the
+            # rest of the initial state is that of generator v1).
+            perm = self._rng(2, 0, c).permutation(sl.stop - sl.start)
+            st.community[perm] = sl.start + np.arange(len(perm), dtype=np.int32) // COMMUNITY_SIZE
+            crng = self._rng(3, 0, c)
+            routine = crng.random(len(perm)) < ROUTINE_SHARE
+            st.routine_wd[:] = np.where(routine, crng.integers(0, 7, len(perm)), -1)
         self.stats.add("customers", config.n_customers)
         self.stats.add("joined", int((self.state.join_m > 0).sum()))
 
@@ -1165,13 +1344,21 @@ class Panel:
         """Advance to month ``m`` (call with 0, 1, 2, ... in order); yields one ``_ChunkOut`` per chunk."""
         month = _Month.of(self.config, m)
         for c, sl in enumerate(self._chunks()):
-            yield self._step(self.state.chunk(sl), np.arange(sl.start, sl.stop), m, month, self._rng(1, m, c))
+            yield self._step(
+                self.state.chunk(sl), np.arange(sl.start, sl.stop), m, month, self._rng(1, m, c), self._rng(2, m + 1, c),
+                self._rng(3, m + 1, c),
+            )
 
-    def _step(self, st: _State, gidx: np.ndarray, m: int, month: _Month, rng: np.random.Generator) -> _ChunkOut:
+    def _step(
+        self, st: _State, gidx: np.ndarray, m: int, month: _Month, rng: np.random.Generator, mrng: np.random.Generator,
+        crng: np.random.Generator,
+    ) -> _ChunkOut:
         par = _params()
         n = len(gidx)
         S = self.stats
+        mech = self.config.mechanisms
         satisfied = np.zeros((n, 6), bool)
+        acquired_all = np.zeros((n, N_PRODUCTS), bool)
         if m > 0:
             prev_alive = (st.join_m <= m - 1) & ~st.left
             # Leaving: inactive, disloyal customers are likelier to go (absent from this month on).
@@ -1190,19 +1377,37 @@ class Panel:
                 S.add(f"acq_{name}", acquired[:, j].sum())
             for k, cols in enumerate(par.intent_products):
                 satisfied[stay, k] = acquired[:, cols].any(1)
+            acquired_all[stay] = acquired
             joining = np.flatnonzero(st.join_m == m)
             _starter_holdings(st, joining, rng)
             _evolve(st, m, rng)
         age_y = _age_years(st, m)
         _update_intents(st, age_y, satisfied, rng)
+        # Sibling shift: independent of everything else, ~2.5 months on average.
+        u_on, u_off = mrng.random(n), mrng.random(n)
+        st.shift[:] = np.where(st.shift, u_off >= SHIFT_END, u_on < SHIFT_ONSET)
 
-        alive = np.flatnonzero((st.join_m <= m) & ~st.left)
+        alive_mask = (st.join_m <= m) & ~st.left
+        alive = np.flatnonzero(alive_mask)
         sub = _State(**{k: v[alive] for k, v in st.__dict__.items()})
         active = np.flatnonzero(~sub.inactive)
         act = _State(**{k: v[active] for k, v in sub.__dict__.items()})
-        tx = _transactions(act, gidx[alive][active], month, self.config.seed, rng)
+        broken = (act.routine_wd >= 0) & (crng.random(n)[alive[active]] < BREAK_P)
+        tx = _transactions(act, gidx[alive][active], month, self.config.seed, rng, mrng, mech, broken)
         st.last_spend[:] = 0.0
         st.last_spend[alive[active]] = tx.spend
+        # What the mechanisms did this month; the transition into m + 1 reads it (like last_spend).
+        st.mech_burst[:] = False
+        st.mech_burst[alive[active]] = tx.burst
+        st.mech_shift[:] = False
+        if "hierarchical" in mech:
+            st.mech_shift[alive[active]] = act.shift
+        st.mech_break[:] = False
+        if "cyclic" in mech:
+            st.mech_break[alive[active]] = broken
+        st.peer_mask[:] = 0
+        if "graph" in mech:
+            st.peer_mask[:] = _peer_mask(st, gidx[0], acquired_all, alive_mask)
         income_null = sub.income_missing | (rng.random(len(alive)) < 0.012)  # plus month-level gaps
 
         S.add("customer_months", len(alive))
@@ -1212,6 +1417,10 @@ class Panel:
         S.add("income_null", income_null.sum())
         S.add("transactions", len(tx.row))
         S.add("life_events", (sub.event != EV_NONE).sum())
+        S.add("mech_burst", st.mech_burst.sum())
+        S.add("mech_shift", st.mech_shift.sum())
+        S.add("mech_peer", (st.peer_mask != 0).sum())
+        S.add("mech_break", st.mech_break.sum())
         for k, name in enumerate(INTENTS):
             S.add(f"intent_{name}", (sub.intent[:, k] > 0).sum())
         for j, name in enumerate(PRODUCT_NAMES):
@@ -1224,7 +1433,7 @@ class Panel:
                 "customers": _customers_table(sub, ids, m, month, income_null, self._start_epoch_month),
                 "holdings": _holdings_table(sub, ids, month),
                 "transactions": _transactions_table(tx, ids.take(pa.array(active, pa.int64()))),
-                "ground_truth": _ground_truth_table(sub, ids, month),
+                "ground_truth": _ground_truth_table(sub, ids, month, st, alive, "cyclic" in mech),
             }
         return _ChunkOut(tables)
 
@@ -1377,9 +1586,10 @@ def variance_budget(config: SyntheticConfig, months: int | None = None) -> dict:
     """Replay the panel (no files) and split the acquisition hazard by information source.
 
     For every (customer, product) not yet held, the acquisition logit is base + observable + latent + intent
-    + noise. Reported per task group (``will_acquire_<group>`` and ``any``): each component's share of the
+    + mechanism (the planted mechanisms, §4.1) + noise. Reported per task group (``will_acquire_<group>`` and ``any``): each component's share of the
     logit variance, the AUC and the share of label variance explained when predicting with increasing
-    information (observable only; + latent state; + intents = everything but noise; the true hazard).
+    information (observable only; + latent state; + intents; + mechanisms = everything but noise; the true
+    hazard).
     The remainder to 1 of the last is the irreducible Bernoulli noise of a monthly event.
     """
     record: list[TransitionRecord] = []
@@ -1392,7 +1602,7 @@ def variance_budget(config: SyntheticConfig, months: int | None = None) -> dict:
         k: np.concatenate([getattr(r, k) for r in record]).astype(bool if k in ("held", "acquired") else np.float64)
         for k in TransitionRecord.__dataclass_fields__
     }
-    comps = ("observable", "latent", "intent", "noise")
+    comps = ("observable", "latent", "intent", "mechanism", "noise")
     mean = {k: (cat[k] * ~cat["held"]).sum(0) / np.maximum((~cat["held"]).sum(0), 1) for k in comps}
 
     def p_of(parts: tuple[str, ...]) -> np.ndarray:
@@ -1403,6 +1613,7 @@ def variance_budget(config: SyntheticConfig, months: int | None = None) -> dict:
         "observable": p_of(("observable",)),
         "observable+latent": p_of(("observable", "latent")),
         "observable+latent+intent": p_of(("observable", "latent", "intent")),
+        "observable+latent+intent+mechanism": p_of(("observable", "latent", "intent", "mechanism")),
         "true_hazard": p_of(comps),
     }
     groups = {g: _pcols(PRODUCTS_BY_GROUP[g]) for g in ("deposits", "investments", "accounts", "lending", "payments")}
