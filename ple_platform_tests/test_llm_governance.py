@@ -149,3 +149,36 @@ def test_kill_switch_refusals_and_failed_reloads_count_against_serving_health(au
                     for i in range(200)])
     ok.append(AuditEvent.SERVING, "serving/reload", {"action": "reload_failed", "month": MONTH})
     assert _ops(ok).status == WARN and "1 failed reload" in _ops(ok).detail
+
+
+def test_review_assets_read_the_months_serving_from_the_audit_log(tmp_path, monkeypatch):
+    """ops_review/audit_review as Dagster assets: serving_health comes from the governance audit log (PASS for
+    the month that was served, "insufficient" for one that was not), the JSON lands where the report reads it."""
+    from datetime import date
+
+    import dagster as dg
+
+    from ple_platform.defs.governance.review import audit_review as audit_asset
+    from ple_platform.defs.governance.review import ops_review as ops_asset
+    from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource
+
+    monkeypatch.setenv("PLE_DATA_DIR", str(tmp_path / "data"))
+    gov = GovernanceResource(path=str(tmp_path / "governance.duckdb"))
+    artifacts = ArtifactStoreResource(uri=str(tmp_path / "artifacts"))
+    gov.audit_log().append_many([(AuditEvent.SERVED, f"request/{i}", {"month": MONTH, "source": "online",
+                                                                       "latency_ms": 5.0}, "serving")
+                                 for i in range(20)])
+    instance = dg.DagsterInstance.ephemeral()
+    found = {}
+    for month in (MONTH, "2016-04-01"):
+        result = dg.materialize([ops_asset, audit_asset], partition_key=month, instance=instance,
+                                resources={"governance": gov, "artifacts": artifacts})
+        assert result.success
+        meta = result.asset_materializations_for_node("ops_review")[0].metadata
+        found[month] = meta
+        assert meta["mode"].value == "rules only"
+    assert "serving_health" not in found[MONTH]["attention"].value  # PASS: not listed
+    assert "| serving_health | PASS | error rate 0.0000 over 20 requests (online 20)" in found[MONTH]["findings"].value
+    assert "serving_health: insufficient" in found["2016-04-01"]["attention"].value
+    stored = month_reviews(artifacts.store(), date.fromisoformat(MONTH))
+    assert set(stored) == {"ops", "audit"} and stored["ops"]["verdict"] == found[MONTH]["verdict"].value

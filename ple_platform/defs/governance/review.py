@@ -81,6 +81,8 @@ def _publish(context: dg.AssetExecutionContext, review: Review, artifacts: Artif
         audit_note = f"not appended: {err}"
     return dg.MaterializeResult(metadata={
         "verdict": review.verdict, "mode": review.mode, "findings": dg.MetadataValue.md(review.markdown()),
+        # The items that keep the review from PASS, one per line (what the CLI prints).
+        "attention": "\n".join(f"{f.item}: {f.status} - {f.detail}" for f in review.findings if f.status != "PASS"),
         "json_uri": uri, "audit_entry": audit_note})
 
 
