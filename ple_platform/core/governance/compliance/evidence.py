@@ -192,7 +192,7 @@ def collect_evidence(con: duckdb.DuckDBPyConnection, store: ArtifactStore, regis
         explanations={"n_reasons": summary["n_reasons"], "n_grounded": summary["n_grounded"],
                       "languages": summary["languages"]} if served else None,
         human_oversight={"approval_required": settings.require_approval},
-        # Scored now on the running rules (~2 s), never a figure carried over from other code.
+        # Scored now on the running rules (2-4 s), never a figure carried over from other code.
         reason_gate={"evaluation": evaluate_gate(), "month_verdicts": rewrite_verdicts(audit, month.isoformat())},
         reviews=month_reviews(store, month),
     )
