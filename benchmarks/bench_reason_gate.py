@@ -3,7 +3,7 @@
     python benchmarks/bench_reason_gate.py                       # rules only (no key needed)
     ANTHROPIC_API_KEY=... PLE_LLM_MODEL=... python benchmarks/bench_reason_gate.py --judge 3 --split holdout
 
-Reads ple_platform_tests/data/reason_gate_cases.json. For each split: recall on violations (the expected rule id
+Reads ple_platform/core/reasons_llm/data/reason_gate_cases.json. For each split: recall on violations (the expected rule id
 reported, and any failure at all) and the false-positive rate on clean rewrites. With ``--judge N`` every case
 the rules pass goes to the N-vote judge (``core/reasons_llm/judge.py``) — real model calls, so this is the way to
 measure what the judge adds on the holdout (the test suite never calls a real model). ``--limit`` caps the cases
@@ -17,11 +17,12 @@ import json
 import time
 from pathlib import Path
 
+from ple_platform.core.reasons_llm.evaluation import CASES_PATH
 from ple_platform.core.reasons_llm.config import LLMConfig, make_client
 from ple_platform.core.reasons_llm.l1 import L1Reason
 from ple_platform.core.reasons_llm.rewrite import gate_only
 
-CASES = Path(__file__).resolve().parents[1] / "ple_platform_tests" / "data" / "reason_gate_cases.json"
+CASES = CASES_PATH
 
 
 def main() -> None:

@@ -214,6 +214,27 @@ def materialize_assets(keys: list[str], month: date, echo=print) -> bool:
     return result.success
 
 
+def review_month(month: date, echo=print) -> bool:
+    """ops_review and audit_review of ``month`` (rules only without an API key), with their verdict lines."""
+    from ple_platform.core.reasons_llm.config import LLMConfig
+
+    t0 = time.perf_counter()
+    mode = "rules + 3-vote LLM consensus" if LLMConfig.from_env().has_key else "rules only: no API key"
+    echo(f"  ops and audit reviews for {month:%Y-%m} ({mode})")
+    keys = ["ops_review", "audit_review"]
+    result = _materialize(keys, month)
+    for key in keys:
+        for mat in result.asset_materializations_for_node(key):
+            md = mat.metadata
+            echo(f"    {key} {month:%Y-%m}: {md['verdict'].value} ({md['mode'].value})")
+            for line in md["attention"].value.splitlines():
+                echo(f"      {line}")
+    for line in failure_lines(result):
+        echo(f"      {line}")
+    echo(f"    {'ok' if result.success else 'FAILED'} in {time.perf_counter() - t0:.0f}s, run {result.run_id[:8]}")
+    return result.success
+
+
 def run_model_chain(months: list[date], echo=print) -> bool:
     """Teacher -> evaluation -> students -> bundle -> challenger evaluation for each month, then the same
     champion_challenger_sensor evaluation the daemon runs, with its promotion runs executed here."""
@@ -283,6 +304,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if ok:
             print(f"  recommendations and compliance report for {months[-1]:%Y-%m}")
             ok = materialize_assets(["recommendations", "compliance_report"], months[-1])
+        if ok:
+            ok = review_month(months[-1])
         from ple_platform.core.governance.audit.log import verify_text
 
         registry, audit = _governance()

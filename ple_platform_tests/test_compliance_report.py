@@ -86,6 +86,14 @@ def full_evidence() -> ReportEvidence:
                           "kill_switch_available": True, "kill_switch_engaged": False, "ai_disclosure": True},
         explanations={"n_reasons": 500, "n_grounded": 500, "languages": ["en", "ko"]},
         human_oversight={"approval_required": True},
+        # Synthetic figures that meet the goals (the real ones are scored in the tests below).
+        reason_gate={"evaluation": {"rules": 20, "cases_sha256": "a" * 64, "goals": {"recall": 0.98, "fpr": 0.05},
+                                    "splits": {s: {"n_violation": 30, "n_clean": 20, "recall": 0.99, "recall_any": 0.99,
+                                                   "fpr": 0.0} for s in ("dev", "holdout")}},
+                     "month_verdicts": {"verdicts": 10, "passed": 8, "cache_hits": 2, "rules_only": 8, "failed": 2,
+                                        "failed_by_rule": {"pii_phone": 2}, "fallbacks": {"gate": 2}}},
+        reviews={k: {"kind": k, "verdict": "PASS", "mode": "rules only", "votes": [], "findings": []}
+                 for k in ("ops", "audit")},
         generated_at="2016-02-01T00:00:00+00:00",
     )
 

@@ -1,7 +1,7 @@
 """`ple-platform demo` end to end at a reduced size: the newcomer's first command must keep working.
 
 The same command and code path as `make demo` (generate -> raw/features/labels for every month -> two model months
--> promotion sensor -> recommendations + compliance report), on a 4,000-customer panel over seven months, in a
+-> promotion sensor -> recommendations + compliance report -> ops/audit reviews), on a 4,000-customer panel over seven months, in a
 subprocess with its own Dagster home; then `registry` and `audit verify` as a user would run them. Smaller panels
 can have months with fewer than five lending acquisitions, which the labels' learnability check rightly blocks.
 """
@@ -54,6 +54,11 @@ def test_demo_command_runs_the_whole_chain(tmp_path):
     assert len(decisions) >= 2, out[-4000:]
     assert "champion: v2015.0" in out
     assert "recommendations:" in out and "compliance_report:" in out
+    # the month's ops and audit reviews, rules only without a key, with a verdict (never a silent pass)
+    reviews = [line.strip() for line in out.splitlines() if line.strip().startswith(("ops_review 2015-07:",
+                                                                                      "audit_review 2015-07:"))]
+    assert len(reviews) == 2 and all(line.endswith("(rules only)") for line in reviews), out[-3000:]
+    assert all(line.split(": ")[1].split(" ")[0] in ("PASS", "WARN", "insufficient", "FAIL") for line in reviews)
 
     registry = _cli(["registry"], env, timeout=120)
     assert registry.returncode == 0, registry.stderr

@@ -278,6 +278,16 @@ def test_serving_rewrite_true_serves_l2_keeps_suitability_and_audits_the_levels(
     served = [p for p in payloads if "reason_rewrites" in p]
     assert [(r["product"], r["level"], r["fallback"]) for r in served[0]["reason_rewrites"]] == [
         ("credit_card", "L2", None), ("funds", "L1", "suitability")]
+    # The month's serving health and gate verdicts, aggregated from those same audit entries.
+    from ple_platform.core.serving.evidence import rewrite_verdicts, serving_health
+    health = serving_health(audit, "2015-06-01")
+    assert (health["served"], health["errors"], health["sources"]) == (2, 0, {"batch": 2})
+    assert health["latency_ms"]["n"] == 2 and health["latency_ms"]["p50"] > 0
+    assert health["reason_rewrites"] == {"l2": 1, "l1_fallbacks": {"suitability": 1}}
+    verdicts = rewrite_verdicts(audit, "2015-06-01")
+    assert (verdicts["verdicts"], verdicts["passed"], verdicts["rules_only"], verdicts["fallbacks"]) == (
+        2, 1, 1, {"suitability": 1})
+    assert serving_health(audit, "2015-07-01") is None and rewrite_verdicts(audit, "2015-07-01") is None
 
 
 def test_the_suite_never_sees_real_llm_credentials():

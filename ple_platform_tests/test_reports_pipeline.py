@@ -160,7 +160,12 @@ def test_compliance_report_files_checklist_and_missing_evidence(served):
     assert parser.pngs >= 1
     report = _report_json(served)
     controls = {c["id"]: c for c in report["checklist"]}
-    assert len(controls) == 13
+    assert len(controls) == 15
+    # No rewrite and no review ran for the month: the gate and review controls say so, never "live".
+    assert controls["FSS-LLM-01"]["status"] == "missing evidence"
+    assert any("month_verdicts" in d for d in controls["FSS-LLM-01"]["detail"])
+    assert controls["FSS-LLM-01"]["facts"]["dev"]["recall"] >= 0.98  # scored on the running rules
+    assert controls["FSS-AGT-01"]["detail"] == ["missing evidence: reviews"]
     # Bootstrap mode without approval mode: human oversight is not live (approval mode off fails, and the
     # absent approval record is listed as missing evidence).
     assert controls["FSS-HUM-01"]["status"] == "fail"
@@ -181,7 +186,7 @@ def test_compliance_report_files_checklist_and_missing_evidence(served):
     assert store.exists("reports/2015-06-01/compliance_report_2015-06-01.html")
     meta = served["result"].asset_materializations_for_node("compliance_report")[0].metadata
     assert meta["report"].value == str(html_path)
-    assert meta["controls_total"].value == 13
+    assert meta["controls_total"].value == 15
     assert served["res"]["governance"].audit_log().entries(event=AuditEvent.REPORT)
 
 

@@ -1,4 +1,4 @@
-"""The deterministic safety gate on the labelled adversarial set (ple_platform_tests/data/reason_gate_cases.json) and
+"""The deterministic safety gate on the labelled adversarial set (ple_platform/core/reasons_llm/data/reason_gate_cases.json) and
 on the cases that must never change: the statutory deposit-insurance wording, 고객님 not being a name, full-width
 digits, the rules' ids.
 
@@ -11,14 +11,15 @@ not generalise to new paraphrases anywhere near the goals.)"""
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
+from ple_platform.core.reasons_llm.evaluation import (GOAL_FPR, GOAL_RECALL, GateEvaluationError, evaluate, load_cases,
+                                                   score_split)
 from ple_platform.core.reasons_llm.gate import RULES, GateError, check
 from ple_platform.core.reasons_llm.l1 import L1InputError, L1Reason
 
-CASES = json.loads((Path(__file__).parent / "data" / "reason_gate_cases.json").read_text())["cases"]
+CASES = load_cases()
 # Measured 2026-12-03 on holdout-3 (24 violations, 16 clean): recall 0.583 (any rule 0.583), FPR 0.0. Earlier
 # holdouts: 0.667 / 0.0 and 0.500 / 0.0625. The goals are NOT met on unseen wording; these floors only stop the gate
 # getting worse (see docs/llm.md).
@@ -30,22 +31,7 @@ def l1_of(case: dict) -> L1Reason:
 
 
 def score(split: str) -> dict:
-    misses, false_pos, caught = [], [], 0
-    cases = [c for c in CASES if c["split"] == split]
-    for c in cases:
-        verdict = check(c["candidate"], l1_of(c), has_suitability_profile=c["has_suitability_profile"])
-        if c["label"] == "clean":
-            if not verdict.passed:
-                false_pos.append((c["id"], verdict.rule_ids))
-        else:
-            caught += not verdict.passed
-            if c["rule"] not in verdict.rule_ids:
-                misses.append((c["id"], c["rule"], verdict.rule_ids))
-    n_violation = sum(c["label"] == "violation" for c in cases)
-    n_clean = len(cases) - n_violation
-    return {"n_violation": n_violation, "n_clean": n_clean, "recall": 1 - len(misses) / n_violation,
-            "recall_any": caught / n_violation, "fpr": len(false_pos) / n_clean, "misses": misses,
-            "false_positives": false_pos}
+    return score_split(CASES, split)
 
 
 def test_the_set_is_large_bilingual_and_covers_every_rule():
@@ -62,8 +48,8 @@ def test_recall_and_false_positive_rate_on_the_dev_split():
     print(f"\nsafety gate, dev split: recall {s['recall']:.3f} (expected rule reported; any rule "
           f"{s['recall_any']:.3f}) on {s['n_violation']} violations, false-positive rate {s['fpr']:.3f} on "
           f"{s['n_clean']} clean rewrites")
-    assert s["recall"] >= 0.98, s["misses"]
-    assert s["fpr"] <= 0.05, s["false_positives"]
+    assert s["recall"] >= GOAL_RECALL, s["misses"]
+    assert s["fpr"] <= GOAL_FPR, s["false_positives"]
 
 
 def test_recall_and_false_positive_rate_on_the_holdout_split():
@@ -73,6 +59,20 @@ def test_recall_and_false_positive_rate_on_the_holdout_split():
           f"missed: {s['misses']}")
     assert s["recall"] >= HOLDOUT_FLOOR["recall"], s["misses"]
     assert s["fpr"] <= HOLDOUT_FLOOR["fpr"], s["false_positives"]
+
+
+def test_the_reports_evaluation_is_the_tested_score_on_the_running_rules(tmp_path):
+    ev = evaluate()
+    assert ev["rules"] == len(RULES) and ev["n_cases"] == len(CASES) and len(ev["cases_sha256"]) == 64
+    for split in ("dev", "holdout"):
+        s = score(split)
+        assert ev["splits"][split] == {k: round(s[k], 4) if isinstance(s[k], float) else s[k]
+                                       for k in ("n_violation", "n_clean", "recall", "recall_any", "fpr")}
+    # A set whose holdout has no clean rewrites cannot give an FPR: named, not scored as 0.
+    bad = tmp_path / "cases.json"
+    bad.write_text(json.dumps({"cases": [c for c in CASES if c["label"] == "violation"]}))
+    with pytest.raises(GateEvaluationError, match="needs violations and clean rewrites"):
+        evaluate(bad)
 
 
 DEPOSIT = L1Reason("long_deposit", "ko", "고객님의 거래 기간은 37개월입니다. 모델은 고객님의 최근 거래 흐름을 가장 많이 참고했습니다(55%).")

@@ -224,6 +224,13 @@ def test_kill_switch_needs_the_admin_token_answers_503_and_is_recorded(server, p
     assert server.post(body).status_code == 200
     actions = [e.payload["action"] for e in server.audit.entries(event=AuditEvent.SERVING)]
     assert "kill_switch" in actions and "refused_kill_switch" in actions
+    # The month's serving health (ops_review) counts the refusal as a request without a recommendation.
+    from ple_platform.core.serving.evidence import serving_health
+    month = server.client.get("/v1/model").json()["serving"]["month"]
+    health = serving_health(server.audit, month)
+    assert health["refused_kill_switch"] >= 1 and health["errors"] == health["refused_kill_switch"]
+    assert health["served"] >= 1 and health["latency_ms"]["n"] == health["served"]
+    assert health["kill_switch_operations"] >= 2
 
 
 def test_every_response_is_audited_in_group_commits_and_the_chain_verifies(server, platform):

@@ -32,7 +32,7 @@ use. The rules, and the regulation or failure they stand for:
   recommended product that the L1 text names.
 
 The rules are conservative on purpose: a false positive costs a customer the nicer wording (the L1 text is shown),
-a false negative puts a forbidden claim in front of them. ``ple_platform_tests/data/reason_gate_cases.json`` holds
+a false negative puts a forbidden claim in front of them. ``ple_platform/core/reasons_llm/data/reason_gate_cases.json`` holds
 the labelled adversarial set that measures both.
 """
 

@@ -241,7 +241,7 @@ class StateHolder:
                 self._metrics.inc("reload_failed")
                 self._audit.submit(AuditEvent.SERVING, "serving/reload", {
                     "action": "reload_failed", "trigger": trigger, "error": self.last_error,
-                    "serving_version": old.version if old else None})
+                    "serving_version": old.version if old else None, "month": old.month.isoformat() if old else None})
                 return {"reloaded": False, "error": self.last_error, "serving_version": old.version if old else None}
             changed = old is None or (old.version, old.snapshot_sha256) != (new.version, new.snapshot_sha256)
             self.state, self.last_error, self.last_reload_at = new, None, time.time()
@@ -249,7 +249,8 @@ class StateHolder:
             self._audit.submit(AuditEvent.SERVING, "serving/reload", {
                 "action": "reload", "trigger": trigger, "version": new.version,
                 "bundle_sha256": new.bundle.bundle_sha256, "snapshot_sha256": new.snapshot_sha256,
-                "previous_version": old.version if old else None, "changed": changed})
+                "previous_version": old.version if old else None, "changed": changed,
+                "month": new.month.isoformat()})
             return {"reloaded": True, "changed": changed, "serving_version": new.version}
 
 
@@ -402,7 +403,8 @@ def create_app(loader: Callable[[], ServingState], audit: AuditLog, *, fingerpri
         if controls["kill_switch"]:
             metrics.inc("kill_switch_refusal")
             batcher.submit(AuditEvent.SERVING, f"request/{request_id}", {
-                "action": "refused_kill_switch", "customer_id": body.customer_id, "reason": controls["kill_reason"]})
+                "action": "refused_kill_switch", "customer_id": body.customer_id, "reason": controls["kill_reason"],
+                "month": state.month.isoformat() if state is not None else None})
             return _error(503, "kill_switch", "recommendations are switched off", request_id,
                           headers={"Retry-After": str(RETRY_AFTER_S)})
         if state is None:
@@ -428,6 +430,7 @@ def create_app(loader: Callable[[], ServingState], audit: AuditLog, *, fingerpri
                 "bundle_sha256": state.bundle.bundle_sha256, "snapshot_sha256": state.snapshot_sha256,
                 "month": out["month"], "k": req.k, "lang": req.lang, "ai_disclosure": bool(out["ai_disclosure"]),
                 "items": [[i["product"], round(i["score"], 6)] for i in out["items"]],
+                "latency_ms": round((time.perf_counter() - t0) * 1e3, 3),  # before the audit commit
                 **({"reason_rewrites": rewrites} if rewrites else {})})
         except AuditUnavailable as err:
             metrics.inc("audit_unavailable")
@@ -481,8 +484,10 @@ def create_app(loader: Callable[[], ServingState], audit: AuditLog, *, fingerpri
         if denied is not None:
             return denied
         controls["kill_switch"], controls["kill_reason"] = body.on, body.reason
+        s = holder.state
         batcher.submit(AuditEvent.SERVING, "serving/kill-switch", {"action": "kill_switch", "on": body.on,
-                                                                    "reason": body.reason})
+                                                                    "reason": body.reason,
+                                                                    "month": s.month.isoformat() if s else None})
         metrics.inc("kill_switch_on" if body.on else "kill_switch_off")
         return JSONResponse({"kill_switch": body.on})
 

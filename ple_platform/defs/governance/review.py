@@ -4,8 +4,8 @@ compliance report.
 Thin wiring: the checklists and the vote consensus live in ``core/governance/review/agents.py``. Here: collecting
 the month's evidence from the Dagster instance (run records of the partition, their asset-check evaluations, the
 latest materialization of each expected asset), the compliance report JSON, the registry and ``audit verify``;
-findings as markdown metadata, JSON in the artifact store, one audit entry per review. Serving metrics are not
-collected per month anywhere yet, so ``serving_health`` reads "insufficient" until they are.
+serving health of the month from the server's audit entries (``core/serving/evidence.serving_health``: none served
+-> "insufficient"); findings as markdown metadata, JSON in the artifact store, one audit entry per review.
 """
 
 import json
@@ -15,6 +15,7 @@ import dagster as dg
 from ple_platform.core.governance.audit.log import AuditEvent, AuditIntegrityError
 from ple_platform.core.governance.review import agents
 from ple_platform.core.governance.review.agents import MonthEvidence, Review
+from ple_platform.core.serving.evidence import serving_health
 from ple_platform.core.versioning import source_version
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.resources import ArtifactStoreResource, GovernanceResource, LLMResource, PlatformSettings
@@ -62,13 +63,13 @@ def _month_evidence(context: dg.AssetExecutionContext, governance: GovernanceRes
                  for d in governance.registry().decisions()]
     return MonthEvidence(month=month, compliance=compliance, registry=decisions,
                          audit_verify={"ok": verify.ok, "n_entries": verify.n_entries, "reason": verify.reason},
-                         serving=None, **found)
+                         serving=serving_health(governance.audit_log(), month), **found)
 
 
 def _publish(context: dg.AssetExecutionContext, review: Review, artifacts: ArtifactStoreResource,
              governance: GovernanceResource) -> dg.MaterializeResult:
     body = json.dumps(review.to_json(), indent=2, ensure_ascii=False).encode()
-    uri, sha = artifacts.store().put(f"reviews/{review.month}/{review.kind}_review.json", body)
+    uri, sha = artifacts.store().put(agents.review_key(review.month, review.kind), body)
     try:
         governance.audit_log().append(AuditEvent.REPORT, f"{review.kind}_review/{review.month}",
                                       {"verdict": review.verdict, "mode": review.mode, "json_sha256": sha},
@@ -78,6 +79,8 @@ def _publish(context: dg.AssetExecutionContext, review: Review, artifacts: Artif
         audit_note = f"not appended: {err}"
     return dg.MaterializeResult(metadata={
         "verdict": review.verdict, "mode": review.mode, "findings": dg.MetadataValue.md(review.markdown()),
+        # The items that keep the review from PASS, one per line (what the CLI prints).
+        "attention": "\n".join(f"{f.item}: {f.status} - {f.detail}" for f in review.findings if f.status != "PASS"),
         "json_uri": uri, "audit_entry": audit_note})
 
 

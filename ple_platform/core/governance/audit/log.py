@@ -75,6 +75,7 @@ class AuditEvent(str, enum.Enum):
     RECOMMENDATION = "recommendation"
     SERVED = "served_recommendation"  # one online response of `ple-platform serve`
     SERVING = "serving"  # serving control: reload, failed reload, kill switch, refused request
+    REASON_REWRITE = "reason_rewrite"  # one gate verdict of the monthly batch rewrite (L2 or L1 with the reason)
 
     @classmethod
     def parse(cls, event: str | AuditEvent) -> AuditEvent:

@@ -3,7 +3,8 @@
 ``collect_evidence`` fills ``report.ReportEvidence`` from real evidence only: fairness of the month's
 recommendations, feature and prediction drift against the bundle's training / test months, calibration on the
 test month, the teacher's gate profile, data hashes, audit verification, registry decisions / approvals /
-history, and the serving controls measured by the recommendation batch. Whatever is not measured stays None and
+history, the serving controls measured by the recommendation batch, the safety gate's figures on its labelled
+set (scored now) with the month's gate verdicts from the audit log, and the month's ops/audit reviews if stored. Whatever is not measured stays None and
 the report reads "missing evidence". If the recommendations table changed since the batch was written (its
 content hash differs from the summary's), the batch's counts are not evidence and are left out.
 """
@@ -27,14 +28,17 @@ from ple_platform.core.governance.compliance.drift import drift_table
 from ple_platform.core.governance.compliance.evidence_settings import EvidenceSettings  # noqa: F401  (re-exported)
 from ple_platform.core.governance.compliance.fairness import fairness_report, protected_groups
 from ple_platform.core.governance.promotion.registry import Registry
+from ple_platform.core.governance.review.agents import review_key
 from ple_platform.core.model.data import LABEL_TABLE, load_month, month_customer_ids
 from ple_platform.core.recommend.monthly import TABLE, registered_teacher, summary_key, training_months
-from ple_platform.core.serving.evidence import serving_control_evidence
+from ple_platform.core.reasons_llm.evaluation import evaluate as evaluate_gate
+from ple_platform.core.serving.evidence import rewrite_verdicts, serving_control_evidence
 from ple_platform.core.storage import ArtifactStore
 from ple_platform.core.tasks.spec import TASKS, TASKS_BY_NAME
 from ple_platform.core.warehouse import customer_attributes, partition_content_hash
 
 MAX_DRIFT_ROWS = 20_000
+
 CALIBRATION_BINS = 10
 
 
@@ -177,4 +181,17 @@ def collect_evidence(con: duckdb.DuckDBPyConnection, store: ArtifactStore, regis
         explanations={"n_reasons": summary["n_reasons"], "n_grounded": summary["n_grounded"],
                       "languages": summary["languages"]} if served else None,
         human_oversight={"approval_required": settings.require_approval},
+        # Scored now on the running rules (2-4 s), never a figure carried over from other code.
+        reason_gate={"evaluation": evaluate_gate(), "month_verdicts": rewrite_verdicts(audit, month.isoformat())},
+        reviews=month_reviews(store, month),
     )
+
+
+def month_reviews(store: ArtifactStore, month: date) -> dict | None:
+    """The month's stored ops/audit review JSON (written by those assets), or None when neither exists."""
+    out = {}
+    for kind in ("ops", "audit"):
+        key = review_key(month.isoformat(), kind)
+        if store.exists(key):
+            out[kind] = json.loads(store.get(key))
+    return out or None

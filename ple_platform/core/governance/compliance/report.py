@@ -50,6 +50,10 @@ Evidence shapes (all keys optional inside; what is missing is reported as missin
                       "kill_switch_available": bool, "kill_switch_engaged": bool, "ai_disclosure": bool}
     explanations     {"n_reasons": int, "n_grounded": int, "languages": [...]}
     human_oversight  {"approval_required": bool}
+    reason_gate      {"evaluation": reasons_llm.evaluation.evaluate() (rules, cases_sha256, goals, splits: {dev,
+                      holdout: {n_violation, n_clean, recall, recall_any, fpr}}), "month_verdicts":
+                      serving.evidence.rewrite_verdicts() (verdicts, passed, rules_only, failed_by_rule, fallbacks)}
+    reviews          {"ops"|"audit": the stored review JSON (verdict, mode, votes, findings)}
 
 Citations in ``_REFS`` are orientation for the reviewer (one table, used everywhere), not legal advice.
 """
@@ -186,6 +190,8 @@ class ReportEvidence:
     serving_controls: dict[str, Any] | None = None
     explanations: dict[str, Any] | None = None
     human_oversight: dict[str, Any] | None = None
+    reason_gate: dict[str, Any] | None = None
+    reviews: dict[str, Any] | None = None
     generated_at: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -276,7 +282,8 @@ def validate_evidence(ev: ReportEvidence) -> None:
     if ev.month is not None:
         _month(ev.month, "month")
     for name in ("teacher", "data", "audit", "decision", "lineage", "serving_controls", "explanations",
-                 "human_oversight", "students", "task_metrics", "fairness", "calibration", "gate_profile"):
+                 "human_oversight", "students", "task_metrics", "fairness", "calibration", "gate_profile",
+                 "reason_gate", "reviews"):
         if getattr(ev, name) is not None:
             _mapping(getattr(ev, name), name)
     for name in ("approvals", "champion_history"):
@@ -742,6 +749,56 @@ def _chk_disclosure(c: _Check) -> None:
     _serving_flag(c, "ai_disclosure", "responses do not state that the recommendation is AI-generated")
 
 
+def _chk_reason_gate(c: _Check) -> None:
+    g = c.need("reason_gate")
+    if g is None:
+        return
+    ev, month = c.sub("reason_gate", g, "evaluation"), g.get("month_verdicts")
+    holdout_short = False
+    if ev is not None:
+        goals, splits = ev.get("goals") or {}, ev.get("splits") or {}
+        dev, hold = splits.get("dev"), splits.get("holdout")
+        if not dev or not hold or "recall" not in goals or "fpr" not in goals:
+            c.missing.append("missing evidence: reason_gate.evaluation (dev and holdout figures with goals)")
+        else:
+            c.facts.update(rules=ev.get("rules"), cases_sha256=ev.get("cases_sha256"), goals=goals,
+                           dev={k: dev.get(k) for k in ("recall", "fpr", "n_violation", "n_clean")},
+                           holdout={k: hold.get(k) for k in ("recall", "recall_any", "fpr", "n_violation", "n_clean")})
+            if dev["recall"] < goals["recall"] or dev["fpr"] > goals["fpr"]:
+                c.fails.append(f"the rules miss their goals on the cases they were written against: dev recall "
+                               f"{dev['recall']:.3f} (goal {goals['recall']}), FPR {dev['fpr']:.3f} (goal {goals['fpr']})")
+            holdout_short = hold["recall"] < goals["recall"]
+    if month is None:
+        c.missing.append("missing evidence: reason_gate.month_verdicts (no L2 rewrite was attempted this month)")
+        return
+    c.facts["month_verdicts"] = month
+    judged = int(month.get("passed", 0)) - int(month.get("rules_only", 0))
+    if holdout_short and month.get("rules_only"):
+        c.fails.append(f"{month['rules_only']} L2 reason(s) were shown after the rules alone, whose recall on unseen "
+                       f"wording (holdout {c.facts['holdout']['recall']:.3f}) is below the goal: turn the LLM judge on")
+    elif holdout_short and judged > 0:
+        c.missing.append(f"missing evidence: {judged} L2 reason(s) were shown after the LLM judge, whose recall is "
+                         "not measured (the rules alone are below the goal on the holdout)")
+
+
+def _chk_reviews(c: _Check) -> None:
+    r = c.need("reviews")
+    if r is None:
+        return
+    for kind in ("ops", "audit"):
+        v = r.get(kind)
+        if not v or not v.get("verdict"):
+            c.missing.append(f"missing evidence: reviews.{kind} (no {kind}_review of the month before this report)")
+            continue
+        items = [f["item"] for f in v.get("findings") or [] if f.get("status") == v["verdict"]]
+        if v["verdict"] == "FAIL":
+            c.fails.append(f"{kind} review FAIL: {', '.join(items) or v.get('minority') or 'consensus'}")
+        elif v["verdict"] not in ("PASS", "WARN"):
+            c.missing.append(f"missing evidence: {kind} review is {v['verdict']!r} ({', '.join(items)})")
+        c.facts[kind] = {"verdict": v["verdict"], "mode": v.get("mode"),
+                         "votes": [x.get("verdict") for x in v.get("votes") or []]}
+
+
 CONTROLS: tuple[ControlSpec, ...] = (
     ControlSpec("FSS-EXP-01", "Explainability: reasons generated with grounded numbers",
                 "설명가능성: 수치 근거가 검증된 추천 사유 생성", ("fss_guideline", "fcpa_19", "ai_basic_34"),
@@ -796,6 +853,15 @@ CONTROLS: tuple[ControlSpec, ...] = (
     ControlSpec("FSS-TRN-01", "Transparency: customers are told recommendations are AI-generated",
                 "투명성: 인공지능 기반 추천임을 고지", ("ai_basic_31", "eu_13"), ("serving_controls",),
                 "serving responses carry the AI-use notice", _chk_disclosure),
+    ControlSpec("FSS-LLM-01", "Safety gate on AI-rewritten (L2) reasons", "AI 재작성(L2) 추천 사유 안전 게이트",
+                ("fss_guideline", "fcpa_19", "ai_basic_31"), ("reason_gate",),
+                "the gate's rules meet recall >= 0.98 and FPR <= 0.05 on their labelled dev set, scored at report "
+                "time; the month's verdicts are in the audit log; no L2 reason was shown on the rules alone while "
+                "their holdout recall is below the goal", _chk_reason_gate),
+    ControlSpec("FSS-AGT-01", "Ops and audit reviews of the month", "월간 운영·감사 검토",
+                ("fss_guideline", "ai_basic_34", "eu_72"), ("reviews",),
+                "the month's ops_review and audit_review ran before this report and neither is FAIL or insufficient",
+                _chk_reviews),
 )
 
 

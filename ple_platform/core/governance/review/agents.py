@@ -29,11 +29,19 @@ _RANK = {PASS: 0, WARN: 1, INSUFFICIENT: 2, FAIL: 3}
 RULES_ONLY = "rules only"
 SERVING_ERROR_RATE_WARN = 0.01
 SERVING_ERROR_RATE_FAIL = 0.05
+# Compliance controls that report on these reviews (report.py's FSS-AGT-01): audit_review does not count them, a
+# review cannot vouch for itself and the report is built before the reviews run.
+REVIEW_CONTROL_IDS = frozenset({"FSS-AGT-01"})
 REVIEW_PROMPT = (
     "You review one month of a bank ML platform's evidence for {kind}. Answer PASS, WARN or FAIL on the first line, "
     "then at most three short findings, one per line. FAIL on failed runs or checks, broken audit chains, failed "
     "compliance controls or unsafe serving; WARN on anything that needs a person's attention."
 )
+
+
+def review_key(month: str, kind: str) -> str:
+    """Where the ``<kind>_review`` asset stores its JSON in the artifact store (the compliance report reads it)."""
+    return f"reviews/{month}/{kind}_review.json"
 
 
 def worst(statuses: Sequence[str]) -> str:
@@ -130,7 +138,15 @@ def _serving(ev: MonthEvidence) -> Finding:
         return Finding("serving_health", INSUFFICIENT, "no serving metrics (or no requests) for the month")
     rate = float(s.get("errors", 0)) / float(s["requests"])
     status = FAIL if rate > SERVING_ERROR_RATE_FAIL else WARN if rate > SERVING_ERROR_RATE_WARN else PASS
-    return Finding("serving_health", status, f"error rate {rate:.4f} over {s['requests']} requests")
+    detail = f"error rate {rate:.4f} over {s['requests']} requests"
+    if s.get("sources"):
+        detail += " (" + ", ".join(f"{k} {v}" for k, v in s["sources"].items()) + ")"
+    if s.get("reload_failures"):  # the old version kept serving, but a new champion did not reach customers
+        status = worst([status, WARN])
+        detail += f"; {s['reload_failures']} failed reload(s)"
+    if s.get("latency_ms"):
+        detail += f"; latency p50 {s['latency_ms']['p50']} ms, p99 {s['latency_ms']['p99']} ms"
+    return Finding("serving_health", status, detail)
 
 
 def _audit_chain(ev: MonthEvidence) -> Finding:
@@ -142,7 +158,7 @@ def _audit_chain(ev: MonthEvidence) -> Finding:
 
 
 def _compliance(ev: MonthEvidence) -> Finding:
-    controls = (ev.compliance or {}).get("checklist")
+    controls = [c for c in (ev.compliance or {}).get("checklist") or [] if c.get("id") not in REVIEW_CONTROL_IDS]
     if not controls:
         return Finding("compliance_controls", INSUFFICIENT, "no compliance report (or an empty checklist)")
     failed = [c["id"] for c in controls if c.get("status") == "fail"]
