@@ -462,25 +462,33 @@ dg.materialize([holds_the_warehouse], instance=dg.DagsterInstance.get(), tags=la
 """
 
 
+def _start_pool_holder(tmp_path, monkeypatch):
+    """A Dagster instance with the warehouse pool (limit 1) in ``tmp_path``, and a process running a
+    materialization that holds the pool's slot (returned; it prints "holding" once it has the slot)."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return subprocess.Popen([sys.executable, "-c", _HOLD_POOL], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "DAGSTER_HOME": str(home)})
+
+
 def test_a_killed_run_is_recovered_and_the_next_run_gets_the_pool(tmp_path, monkeypatch):
     """SIGKILL a run holding the warehouse pool: its slot stays claimed (the defect); recovery fails the dead run
     with a message naming the pid, frees the slot, and the next run of a pool asset completes."""
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
     import dagster as dg
 
     from ple_platform.run_recovery import recover_dead_runs
 
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD_POOL], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "DAGSTER_HOME": str(home)})
+    proc = _start_pool_holder(tmp_path, monkeypatch)
     try:
         assert proc.stdout.readline().strip() == "holding"
     finally:
@@ -510,19 +518,12 @@ def test_a_killed_run_is_recovered_and_the_next_run_gets_the_pool(tmp_path, monk
 def test_a_live_run_is_not_recovered(tmp_path, monkeypatch):
     import os
     import signal
-    import subprocess
-    import sys
 
     import dagster as dg
 
     from ple_platform.run_recovery import recover_dead_runs, slot_holders
 
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD_POOL], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "DAGSTER_HOME": str(home)})
+    proc = _start_pool_holder(tmp_path, monkeypatch)
     try:
         assert proc.stdout.readline().strip() == "holding"
         with dg.DagsterInstance.get() as instance:
