@@ -16,11 +16,13 @@ from ple_platform.core.model.assessment_settings import AssessmentSettings
 from ple_platform.core.model.baselines import DEFAULT_PARAMS
 from ple_platform.core.model.ple_config import PLEConfig
 from ple_platform.core.model.teacher import TeacherSettings, fit_teacher
+from ple_platform.core.reasons_llm.batch import rewrite_month
 from ple_platform.core.secrets import MissingSecretError
 from ple_platform.core.settings import ENV_VARS, Settings
 from ple_platform.defs.distillation.assets import StudentRunConfig
 from ple_platform.defs.governance.promotion import ApprovalConfig, ChallengerEvaluationConfig, PromotionRunConfig
 from ple_platform.defs.governance.reports import ComplianceReportConfig
+from ple_platform.defs.governance.rewrites import RecommendationRewritesConfig
 from ple_platform.defs.resources import GovernanceResource, PlatformSettings, build_resources
 from ple_platform.defs.training.assets import EvaluationRunConfig, TeacherRunConfig
 
@@ -55,6 +57,7 @@ CORE_SOURCE = {
     ComplianceReportConfig: {"n_boot": EvidenceSettings, "min_group_size": EvidenceSettings},
     ApprovalConfig: {"note": approve_challenger},
     PromotionRunConfig: {},
+    RecommendationRewritesConfig: {"max_rank": rewrite_month, "workers": rewrite_month},
 }
 
 

@@ -232,6 +232,12 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
             ids = ctx.pop.customer_ids
             if len(ids) == 0:
                 raise dg.Failure(f"{spec.name} {month}: raw.customers has no rows for this month; materialize raw_customers first")
+            # The checks' other inputs are read before the write's transaction: they do not depend on the new rows,
+            # and a lookup that fails inside a DuckDB transaction (a table not there yet) would abort it.
+            has_source = _has_source_data(con, spec, month, ids)
+            previous = _previous_values(con, spec, month)
+            next_changes = _next_month_changes(con, month, ids)
+            history = _history_months(con, month)
             seen: dict = {}
 
             def checked(n: int) -> None:
@@ -239,14 +245,8 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
                 # run (or fit) ever reads it; the previous version of the month stays.
                 seen["hash"] = partition_content_hash(con, spec.table, month)
                 seen["results"] = results = quality.evaluate(
-                    spec,
-                    out.values,
-                    _stored_null_rate(con, spec, month),
-                    _has_source_data(con, spec, month, ids),
-                    _previous_values(con, spec, month),
-                    _next_month_changes(con, month, ids),
-                    full_history=(history := _history_months(con, month)) >= spec.lookback_months,
-                    first_month=history == 1,
+                    spec, out.values, _stored_null_rate(con, spec, month), has_source, previous, next_changes,
+                    full_history=history >= spec.lookback_months, first_month=history == 1,
                 )
                 failed = [r for r in results if r.blocking and not r.passed]
                 if failed:

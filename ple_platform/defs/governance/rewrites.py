@@ -18,6 +18,7 @@ from ple_platform.core.reasons_llm.batch import (TABLE, BatchRewriteError, rewri
 from ple_platform.core.reasons_llm.rewrite import Rewriter
 from ple_platform.core.recommend.monthly import LANGS
 from ple_platform.core.versioning import source_version
+from ple_platform.defs.core_defaults import core_default
 from ple_platform.defs.partitions import MONTHLY
 from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 from ple_platform.defs.resources import GovernanceResource, LLMResource, WarehouseResource
@@ -27,8 +28,8 @@ NOT_CONFIGURED = "rewrite not configured"
 
 
 class RecommendationRewritesConfig(dg.Config):
-    max_rank: int | None = None  # rewrite only ranks <= max_rank (None: all 7)
-    workers: int = 4  # concurrent model calls
+    max_rank: int | None = core_default(rewrite_month, "max_rank")  # rewrite only ranks <= max_rank (None: all 7)
+    workers: int = core_default(rewrite_month, "workers")  # concurrent model calls
 
 
 @dg.asset(group_name="governance", partitions_def=MONTHLY, deps=["recommendations"], pool=WAREHOUSE_POOL,
