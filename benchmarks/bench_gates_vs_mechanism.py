@@ -40,6 +40,8 @@ def _run_panel(args) -> None:
     """One panel, in this process: generate, materialize, train, dump gates + ground-truth flags of the test month."""
     import duckdb
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     from ple_platform.cli import materialize_groups
@@ -70,12 +72,15 @@ def _run_panel(args) -> None:
         fitted = fit_teacher(con, MODEL_MONTH, settings.fit_end_month, teacher, work / "ckpt")
         cd = load_checkpoint_data(con, fitted.checkpoint, parts=("test",), all_customers=("test",))
     pred = predict_month(cd.model, cd.scaled("test"))
-    gt = pq.read_table(Path(settings.landing_path) / "ground_truth").to_pandas()
-    gt = gt[gt["month"].astype(str) == cd.split.test.isoformat()].set_index("customer_id")
+    gt = pq.read_table(Path(settings.landing_path) / "ground_truth")
+    gt = gt.filter(pc.equal(gt["month"], pa.scalar(cd.split.test, pa.date32())))
     ids = [str(c) for c in pred.customer_ids]
+    row_of = {c: i for i, c in enumerate(gt["customer_id"].to_pylist())}
+    rows = np.array([row_of.get(c, -1) for c in ids])
     out = {"customers": ids, "test_month": cd.split.test.isoformat(), "teacher_seconds": fitted.seconds}
     for flag in sorted({c[0] for c in COMPARISONS}):
-        out[flag] = gt.reindex(ids)[flag].fillna(0).astype(np.int64).tolist()
+        v = np.asarray(pc.cast(gt[flag], pa.int64()).fill_null(0).to_numpy(), dtype=np.int64)
+        out[flag] = np.where(rows >= 0, v[np.maximum(rows, 0)], 0).tolist()
     out["gates"] = {task: {e: pred.shared_gates(task)[e].astype(float).tolist() for e in pred.shared_gates(task)}
                     for task in sorted({c[1] for c in COMPARISONS})}
     (Path(args.workdir) / f"gates_{args.panel}.json").write_text(json.dumps(out))
