@@ -13,8 +13,14 @@ from ple_platform.core.data.schema import PRODUCT_NAMES
 from ple_platform.core.features.build import BuildContext, build_group
 from ple_platform.core.features.fits import FitPolicy, FitStore
 from ple_platform.core.features.panel import holding_tenure, population
-from ple_platform.core.features.peers import PeerGraph, merchant_peer_graph
-from ple_platform.core.features.spec import PEER_SIGNAL_COLUMNS, PRODUCT_EMBED_DIM, group
+from ple_platform.core.features.peers import (
+    PeerGraph,
+    merchant_peer_graph,
+    product_holdings_and_acquisitions,
+    strong_peer_acquisitions,
+    strong_tie_graph,
+)
+from ple_platform.core.features.spec import PEER_SIGNAL_COLUMNS, PRODUCT_EMBED_DIM, STRONG_PEER_COLUMNS, group
 from ple_platform.core.storage import LocalArtifactStore
 
 JAN, FEB, MAR, APR = (date(2015, m, 1) for m in (1, 2, 3, 4))
@@ -23,6 +29,7 @@ CUSTOMERS = [f"c{i}" for i in range(8)]
 GCF = group("graph_collaborative").columns
 PRODH = group("product_hierarchy").columns
 PEER_COLS = [GCF.index(c) for c in PEER_SIGNAL_COLUMNS]
+LIGHTGCN_END = GCF.index(PEER_SIGNAL_COLUMNS[0])  # embedding, norm, degree: a function of the own bits
 DRIFT, PEER_DIST = PRODH.index("prodh_drift"), PRODH.index("prodh_peer_dist")
 
 # Holdings per customer: product -> months held. c0 and c2 hold the same bits at T (current_account) but c2 opened
@@ -112,6 +119,38 @@ def test_implicit_peer_products_equal_the_explicit_matrix():
         g @ x[:299]
 
 
+def test_strong_peer_columns_need_two_shared_merchants_and_a_product_the_customer_lacks(tmp_path):
+    """c7 opened funds at T. c6 shares one merchant with c7 (a weak tie): no strong signal. A second shared small
+    merchant makes the tie strong: c6, who lacks funds, gets gcf_strong_acq_investments = 1 (its only strong peer
+    acquired); if c6 already holds funds the same peer acquisition says nothing. Hubs above the cap make no tie."""
+    two = TXNS + [("c6", "ME", datetime(2015, 3, 1)), ("c7", "ME", datetime(2015, 3, 2))]
+    inv = STRONG_PEER_COLUMNS.index("gcf_strong_acq_investments")
+
+    def strong_of(con):
+        pop = population(con, T)
+        out = strong_peer_acquisitions(strong_tie_graph(con, pop), *product_holdings_and_acquisitions(con, pop))
+        return {c: out[i] for i, c in enumerate(pop.customer_ids)}
+
+    weak = strong_of(_warehouse())
+    assert all(np.all(v == 0) for v in weak.values())  # every pair shares one merchant only
+    strong = strong_of(_warehouse(txns=two))
+    assert strong["c6"][inv] == 1.0 and strong["c6"].sum() == 1.0
+    assert np.all(strong["c7"] == 0)  # c6 acquired nothing at T
+    assert all(np.all(strong[c] == 0) for c in CUSTOMERS if c not in ("c6", "c7"))
+    held_funds = _with(HOLDINGS, "c6", "funds", (JAN, FEB, MAR))
+    assert strong_of(_warehouse(holdings=held_funds, txns=two))["c6"][inv] == 0.0
+    # Two shared merchants that are both above the strong-tie degree cap link no one strongly.
+    hubs = two + [(c, h, datetime(2015, 3, 15)) for c in CUSTOMERS for h in ("H1", "H2")]
+    pop = population(_warehouse(txns=hubs), T)
+    ties = strong_tie_graph(_warehouse(txns=hubs), pop, max_merchant_degree=7).toarray()
+    assert {tuple(sorted((pop.customer_ids[i], pop.customer_ids[j]))) for i, j in zip(*np.nonzero(ties))} == {("c6", "c7")}
+    # The built group carries the same numbers in its gcf_strong_acq_* columns.
+    built = _build(_warehouse(txns=two), tmp_path, "graph_collaborative")
+    np.testing.assert_allclose(built["c6"][[GCF.index(c) for c in STRONG_PEER_COLUMNS]], strong["c6"], atol=1e-6)
+    with pytest.raises(ValueError, match="min_shared"):
+        strong_tie_graph(_warehouse(), pop, min_shared=0)
+
+
 def test_holding_tenure_counts_the_uninterrupted_run_up_to_t():
     con = _warehouse()
     pop = population(con, T)
@@ -125,7 +164,7 @@ def test_holding_tenure_counts_the_uninterrupted_run_up_to_t():
 def test_identical_bits_get_different_rows(tmp_path):
     gcf = _build(_warehouse(), tmp_path / "gcf", "graph_collaborative")
     # c0 and c6: same bits, same history, different peers. The LightGCN part is the same, the peer part is not.
-    np.testing.assert_array_equal(gcf["c0"][: -len(PEER_COLS)], gcf["c6"][: -len(PEER_COLS)])
+    np.testing.assert_array_equal(gcf["c0"][:LIGHTGCN_END], gcf["c6"][:LIGHTGCN_END])
     assert not np.allclose(gcf["c0"][PEER_COLS], gcf["c6"][PEER_COLS])
     # c0's single peer c1 holds accounts and deposits and acquired the deposit at t.
     peer = dict(zip(PEER_SIGNAL_COLUMNS, gcf["c0"][PEER_COLS]))

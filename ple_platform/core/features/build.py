@@ -211,7 +211,14 @@ def _edges(holdings: np.ndarray) -> np.ndarray:
 
 def _graph_collaborative(ctx: BuildContext) -> GroupOutput:
     from ple_platform.core.features.lightgcn import fit_lightgcn, lightgcn_customer_features
-    from ple_platform.core.features.peers import group_holdings_and_acquisitions, merchant_peer_graph, peer_product_signals
+    from ple_platform.core.features.peers import (
+        group_holdings_and_acquisitions,
+        merchant_peer_graph,
+        peer_product_signals,
+        product_holdings_and_acquisitions,
+        strong_peer_acquisitions,
+        strong_tie_graph,
+    )
 
     def fit(months):
         fit_pop = ctx.fit_population()
@@ -229,7 +236,9 @@ def _graph_collaborative(ctx: BuildContext) -> GroupOutput:
     # The embedding is a function of the customer's own bits; the peer columns bring in the neighbourhood.
     held, acquired = group_holdings_and_acquisitions(ctx.con, ctx.pop)
     peers = peer_product_signals(merchant_peer_graph(ctx.con, ctx.pop), held, acquired)
-    return GroupOutput(np.concatenate([values, peers], axis=1).astype(np.float32), ctx.records)
+    # Product-matched acquisitions over strong ties: the peer-influence signal the group-level shares confound.
+    strong = strong_peer_acquisitions(strong_tie_graph(ctx.con, ctx.pop), *product_holdings_and_acquisitions(ctx.con, ctx.pop))
+    return GroupOutput(np.concatenate([values, peers, strong], axis=1).astype(np.float32), ctx.records)
 
 
 def _gmm_inputs(con: duckdb.DuckDBPyConnection, pop: Population) -> np.ndarray:

@@ -24,6 +24,10 @@ from ple_platform.core.features.panel import Population, month_end, register_pop
 
 PEER_WINDOW_DAYS = 90
 PEER_MAX_MERCHANT_DEGREE = 50
+# Strong ties: two customers sharing >= STRONG_MIN_SHARED small merchants (<= STRONG_MAX_MERCHANT_DEGREE customers
+# each). One shared merchant is mostly a confound (similar customers shop alike); a second small one is a tie.
+STRONG_MIN_SHARED = 2
+STRONG_MAX_MERCHANT_DEGREE = 12
 # (24, 6) 0/1: product -> its task product group (the order of PRODUCT_GROUPS).
 GROUP_OF_PRODUCT = np.asarray([[p.group == g for g in PRODUCT_GROUPS] for p in PRODUCTS], dtype=np.float64)
 
@@ -112,6 +116,43 @@ def _holdings_two_months(con: duckdb.DuckDBPyConnection, pop: Population) -> tup
     before[idx[~is_t]] = flags[~is_t]
     present[idx[~is_t]] = True
     return now, before, present
+
+
+def strong_tie_graph(
+    con: duckdb.DuckDBPyConnection,
+    pop: Population,
+    days: int = PEER_WINDOW_DAYS,
+    max_merchant_degree: int = STRONG_MAX_MERCHANT_DEGREE,
+    min_shared: int = STRONG_MIN_SHARED,
+) -> sp.csr_matrix:
+    """(N, N) 0/1 strong ties: customers sharing >= ``min_shared`` merchants of <= ``max_merchant_degree`` customers.
+
+    Materialised as B B^T: a merchant of degree d adds d^2 entries, so nnz <= max_merchant_degree x the
+    (customer, merchant) pairs of the window -- linear in the pairs for a fixed cap.
+    """
+    if min_shared < 1:
+        raise ValueError(f"strong_tie_graph: min_shared={min_shared} must be >= 1")
+    a = merchant_peer_graph(con, pop, days, max_merchant_degree).to_csr()
+    a.data = (a.data >= min_shared).astype(np.float64)
+    a.eliminate_zeros()
+    return a
+
+
+def product_holdings_and_acquisitions(con: duckdb.DuckDBPyConnection, pop: Population) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 24) each: holds the product at t; acquired it in the t-1 -> t transition (0 if absent at t-1)."""
+    now, before, present = _holdings_two_months(con, pop)
+    return (now > 0).astype(np.float64), ((now > 0) & (before == 0) & present[:, None]).astype(np.float64)
+
+
+def strong_peer_acquisitions(strong: sp.csr_matrix, held: np.ndarray, acquired: np.ndarray) -> np.ndarray:
+    """(N, 6) per product group: strong-tie peers' acquisitions (t-1 -> t) of products of the group that the
+    customer does NOT hold at t, per strong peer (0 without strong peers). Matching the product, not the group,
+    is what separates peer influence from "peers like me hold that group" (``spec.STRONG_PEER_COLUMNS``)."""
+    if held.shape != acquired.shape or held.shape != (strong.shape[0], len(PRODUCTS)):
+        raise ValueError(f"strong_peer_acquisitions: held {held.shape} / acquired {acquired.shape} must be (N={strong.shape[0]}, 24)")
+    n_peers = np.asarray(strong.sum(axis=1), dtype=np.float64).reshape(-1)
+    per_group = (np.asarray(strong @ acquired) * (held == 0)) @ GROUP_OF_PRODUCT
+    return np.divide(per_group, n_peers[:, None], out=np.zeros_like(per_group), where=n_peers[:, None] > 0)
 
 
 def group_holdings_and_acquisitions(con: duckdb.DuckDBPyConnection, pop: Population) -> tuple[np.ndarray, np.ndarray]:

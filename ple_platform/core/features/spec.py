@@ -20,12 +20,14 @@ MCC_TOP_N = 30
 MAMBA_DIM = 50
 PRODUCT_EMBED_DIM = 30
 MERCHANT_EMBED_DIM = 6
-GRAPH_EMBED_DIM = 51
+GRAPH_EMBED_DIM = 45
 # Merchant-peer signals of graph_collaborative (core/features/peers.py), in ``peer_product_signals`` order.
 PEER_SIGNAL_COLUMNS = (
     tuple(f"gcf_peer_hold_{g}" for g in PRODUCT_GROUPS) + tuple(f"gcf_peer_acq_{g}" for g in PRODUCT_GROUPS)
     + ("gcf_peer_log_weight",)
 )
+# Strong-tie peers' product-matched acquisitions per task product group (peers.strong_peer_acquisitions).
+STRONG_PEER_COLUMNS = tuple(f"gcf_strong_acq_{g}" for g in PRODUCT_GROUPS)
 MODEL_DERIVED_SERIES = ("spend", "txn_count", "n_products")
 MODEL_DERIVED_STATS = ("ema10", "ema30", "ema50", "vel1", "vel3", "vel6", "tau", "season", "slope")
 
@@ -196,7 +198,7 @@ FEATURE_GROUPS: tuple[FeatureGroupSpec, ...] = (
     ),
     FeatureGroupSpec(
         "graph_collaborative",
-        _cols("gcf", GRAPH_EMBED_DIM) + ("gcf_norm", "gcf_degree") + PEER_SIGNAL_COLUMNS,
+        _cols("gcf", GRAPH_EMBED_DIM) + ("gcf_norm", "gcf_degree") + PEER_SIGNAL_COLUMNS + STRONG_PEER_COLUMNS,
         "LightGCN (torch-geometric) trained with BPR on the customer-product graph; inductive customer embeddings; "
         "merchant peers' (customer-merchant-customer graph, 90 days) product-group holdings and acquisitions",
         ("holdings", "transactions"),

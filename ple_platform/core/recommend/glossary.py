@@ -463,6 +463,10 @@ RULES: tuple[Rule, ...] = (
     Rule("graph_collaborative", r"gcf_peer_acq_(?P<pgroup>deposits|investments|accounts|lending|payments|other)",
          "peer_acquisition:{pgroup}", "the share of customers who shop where you do that just opened {pgroup}",
          "같은 가맹점을 이용하는 고객 중 이번 달 {pgroup} 가입 비중", "share"),
+    Rule("graph_collaborative", r"gcf_strong_acq_(?P<pgroup>deposits|investments|accounts|lending|payments|other)",
+         "close_peer_acquisition:{pgroup}",
+         "customers who regularly shop where you do just opened {pgroup} products you do not have",
+         "자주 같은 가맹점을 이용하는 고객들이 이번 달 고객님이 없는 {pgroup} 상품에 가입", "share"),
     Rule("graph_collaborative", r"gcf_peer_log_weight", "peer_breadth",
          "how many customers shop at the same merchants as you", "같은 가맹점을 이용하는 고객 수", "score"),
     # 12 gmm_clustering
