@@ -75,7 +75,11 @@ def _run_panel(args) -> None:
     gt = pq.read_table(Path(settings.landing_path) / "ground_truth")
     gt = gt.filter(pc.equal(gt["month"], pa.scalar(cd.split.test, pa.date32())))
     ids = [str(c) for c in pred.customer_ids]
-    row_of = {c: i for i, c in enumerate(gt["customer_id"].to_pylist())}
+    # The ground truth carries the generator's source ids, the warehouse the raw layer's keyed pseudonyms of them.
+    from ple_platform.core.governance.audit.pseudonymise import pseudonymisation_key, pseudonymise
+
+    key = pseudonymisation_key()
+    row_of = {pseudonymise(str(c), key): i for i, c in enumerate(gt["customer_id"].to_pylist())}
     rows = np.array([row_of.get(c, -1) for c in ids])
     out = {"customers": ids, "test_month": cd.split.test.isoformat(), "teacher_seconds": fitted.seconds}
     for flag in sorted({c[0] for c in COMPARISONS}):

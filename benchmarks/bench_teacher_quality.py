@@ -92,11 +92,14 @@ def main() -> None:
             result = assess_teacher(con, fitted.checkpoint, workdir / f"assess{args.tag}{seed}",
                                     AssessmentSettings(n_boot=200, lgb_num_boost_round=400))
             if not args.no_oracle:
+                from ple_platform.core.governance.audit.pseudonymise import hmac_sql, pseudonymisation_key
                 from ple_platform.core.model.inference import load_checkpoint_data
                 from ple_platform.core.model.oracle import assess_oracle
 
                 raw = load_checkpoint_data(con, fitted.checkpoint, all_customers=("test",)).raw
-                result["oracle"] = assess_oracle(raw, settings.landing_path, seed=seed)
+                key = pseudonymisation_key()  # the warehouse's ids are this key's pseudonyms of the source ids
+                result["oracle"] = assess_oracle(raw, settings.landing_path, seed=seed,
+                                                 pseudonym_sql=lambda expr: hmac_sql(expr, key))
         result["teacher_fit"] = {"samples_per_second": fitted.samples_per_second, "seconds": fitted.seconds,
                                  "epochs": args.epochs, "per_month": args.per_month}
         (workdir / f"quality{args.tag}_seed{seed}.json").write_text(json.dumps(result, default=str, indent=1))

@@ -113,3 +113,23 @@ def test_assess_oracle_scores_the_test_rows_above_the_same_recipe_without_ground
                                     n_boot=20, seed=0)
     assert set(oracle["metrics"]) == set(labels)
     assert oracle["mean_binary_auc"] > mean_binary_auc(baseline) + 0.03, (oracle["mean_binary_auc"], mean_binary_auc(baseline))
+
+
+def test_ground_truth_matches_warehouse_pseudonyms_through_the_raw_layers_hmac(landing):
+    """Warehouse rows carry keyed-HMAC pseudonyms, the ground truth source ids: with the raw layer's SQL
+    pseudonymisation the same rows come back; without it nothing matches and the oracle refuses (never a silent
+    fall-back to the observables)."""
+    from ple_platform.core.governance.audit.pseudonymise import hmac_sql, pseudonymise
+
+    key = b"k" * 32
+    con = duckdb.connect()
+    rows = con.execute(f"SELECT customer_id, month FROM read_parquet('{landing}/customers/*.parquet') "
+                       "ORDER BY month, customer_id LIMIT 50").fetchnumpy()
+    ids, months = np.asarray(rows["customer_id"]), np.asarray(rows["month"])
+    pseudonyms = np.asarray([pseudonymise(str(i), key) for i in ids])  # what raw ingest stores
+    assert not set(pseudonyms) & set(ids)
+    expected = ground_truth_features(con, landing, ids, months)
+    got = ground_truth_features(con, landing, pseudonyms, months, pseudonym_sql=lambda e: hmac_sql(e, key))
+    assert np.array_equal(got, expected)
+    with pytest.raises(ValueError, match="covers 0 of 50"):
+        ground_truth_features(con, landing, pseudonyms, months)

@@ -13,7 +13,7 @@ routine at t (which acts on churn).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import duckdb
@@ -34,11 +34,16 @@ GROUND_TRUTH_FEATURES: tuple[str, ...] = (
 
 
 def ground_truth_features(
-    con: duckdb.DuckDBPyConnection, landing: Path | str, customer_ids: Sequence[str], months: np.ndarray
+    con: duckdb.DuckDBPyConnection, landing: Path | str, customer_ids: Sequence[str], months: np.ndarray,
+    pseudonym_sql: Callable[[str], str] | None = None,
 ) -> np.ndarray:
     """(n, len(GROUND_TRUTH_FEATURES)) float32 ground truth of the rows (customer_ids[i], months[i]), read from
     ``landing/ground_truth/month=*.parquet``. A row without ground truth is an error: the oracle would silently
-    degrade to the observables otherwise."""
+    degrade to the observables otherwise.
+
+    The generator's ground truth carries source ids; warehouse rows carry keyed-HMAC pseudonyms. Pass the raw
+    layer's SQL pseudonymisation (``pseudonym_sql(expr) -> SQL``, e.g. ``lambda e: hmac_sql(e, key)``) when
+    ``customer_ids`` come from the warehouse, so both sides are matched on the pseudonym."""
     path = Path(landing) / "ground_truth"
     files = sorted(path.glob("month=*.parquet"))
     if not files:
@@ -63,7 +68,8 @@ def ground_truth_features(
                    coalesce(g.routine_weekday, -1)::FLOAT AS routine_weekday,
                    g.mech_routine_break::FLOAT AS mech_routine_break
             FROM _oracle_rows r JOIN read_parquet({[str(f) for f in files]}) g
-              ON g.customer_id = r.customer_id AND g.month = r.month""").fetchnumpy()
+              ON {pseudonym_sql("g.customer_id") if pseudonym_sql else "g.customer_id"} = r.customer_id
+             AND g.month = r.month""").fetchnumpy()
     finally:
         con.unregister("_oracle_rows")
     if len(res["i"]) != len(customer_ids):
@@ -102,19 +108,21 @@ def fit_binary(
                      callbacks=[lgb.early_stopping(30, verbose=False)])
 
 
-def assess_oracle(raw: dict, landing: Path | str, *, seed: int = 0, n_boot: int = 200, num_boost_round: int = 400,
-                  early_stopping_rounds: int = 30, num_threads: int = 2) -> dict:
+def assess_oracle(raw: dict, landing: Path | str, *, pseudonym_sql: Callable[[str], str] | None = None, seed: int = 0,
+                  n_boot: int = 200, num_boost_round: int = 400, early_stopping_rounds: int = 30,
+                  num_threads: int = 2) -> dict:
     """The oracle row of a teacher assessment: the per-task LightGBM baseline recipe (``baselines.py``) on the
     split's feature matrix plus ``ground_truth_features``, trained on ``raw["train"]``, early-stopped on
     ``raw["validation"]`` and scored on ``raw["test"]`` (``MonthData`` of ``load_checkpoint_data``, so the rows
-    are exactly those the teacher and the baseline used). Returns ``{"metrics", "mean_binary_auc"}``."""
+    are exactly those the teacher and the baseline used; their ids are warehouse pseudonyms, so pass
+    ``pseudonym_sql``). Returns ``{"metrics", "mean_binary_auc"}``."""
     from ple_platform.core.model.baselines import MANY_CLASS_OVERRIDES, predict_lightgbm, train_lightgbm_baselines
     from ple_platform.core.model.evaluate import evaluate_predictions, mean_binary_auc
 
     con = duckdb.connect()
     try:
         x = {part: np.hstack([raw[part].matrix(), ground_truth_features(con, landing, raw[part].customer_ids,
-                                                                          raw[part].months)])
+                                                                          raw[part].months, pseudonym_sql)])
              for part in ("train", "validation", "test")}
     finally:
         con.close()
