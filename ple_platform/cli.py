@@ -152,15 +152,24 @@ def _materialize(selection, month: date | None, run_config: dict | None = None, 
                               raise_on_error=False, tags={"ple/launched_by": "cli", **launch_tags(), **(tags or {})})
 
 
-def _before_launch(instance, echo=print) -> None:
-    """Release what dead runs hold, and say what a run will wait for if the warehouse pool is taken."""
+def _before_launch(instance, echo=print, poll_s: float = 1.0) -> None:
+    """Release what dead runs hold, and wait here — saying for what — while a live run holds the warehouse pool.
+
+    Waiting here rather than inside Dagster's executor is what lets Ctrl-C stop it: a launched in-process run
+    whose step is blocked on a pool defers SIGINT until the step can run."""
     from ple_platform.defs.raw.assets import WAREHOUSE_POOL
 
-    recover_dead_runs(instance, echo=lambda line: echo(f"    {line}"))
-    holders = slot_holders(instance, WAREHOUSE_POOL)
-    if holders:
-        echo(f"    waiting for pool {WAREHOUSE_POOL} (one warehouse writer at a time), held by {'; '.join(holders)}; "
-             "Ctrl-C stops waiting; `ple-platform recover` frees slots of dead runs")
+    said = False
+    while True:
+        recover_dead_runs(instance, echo=lambda line: echo(f"    {line}"))
+        holders = slot_holders(instance, WAREHOUSE_POOL)
+        if not holders:
+            return
+        if not said:
+            echo(f"    waiting for pool {WAREHOUSE_POOL} (one warehouse writer at a time), held by "
+                 f"{'; '.join(holders)}; Ctrl-C stops waiting; `ple-platform recover` frees slots of dead runs")
+            said = True
+        time.sleep(poll_s)
 
 
 def materialize_groups(groups: list[str], months: list[date], echo=print) -> bool:
@@ -522,6 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"ple-platform {args.command}: interrupted (Ctrl-C); a run already launched is marked failed by "
+              "Dagster, one not yet launched never started", file=sys.stderr)
+        return 130
     except _user_errors() as err:
         # A user error: one line saying what and why (no traceback), exit code 2. Anything else is a defect and
         # keeps its traceback.

@@ -614,3 +614,34 @@ def test_sigkill_mid_raw_and_mid_features_then_a_rerun_completes_with_a_clean_ru
     assert rc == 0, out
     assert time.monotonic() - t0 < 900
     assert _stored_hashes(killed, tables) == expected
+
+
+def test_a_command_waiting_for_a_held_pool_says_so_and_stops_on_ctrl_c(tmp_path, monkeypatch, landing_dir):
+    """A live run holds the warehouse pool: ``ple-platform materialize`` names the holder, waits, and SIGINT ends
+    it within seconds with exit code 130 (a run waiting inside Dagster's executor ignored Ctrl-C for > 30 s)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    holder = _start_pool_holder(tmp_path, monkeypatch)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        env = {**_cli_env(tmp_path / "platform", landing_dir), "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+        proc = subprocess.Popen([sys.executable, "-m", "ple_platform.cli", "materialize", "--group", "raw",
+                                 "--months", "2015-01"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        waiting = ""
+        for line in proc.stdout:
+            if "waiting for pool duckdb_warehouse" in line:
+                waiting = line
+                break
+        assert f"(pid {holder.pid})" in waiting, waiting
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+        assert time.monotonic() - t0 < 10
+        assert "interrupted (Ctrl-C)" in proc.stderr.read()
+    finally:
+        holder.kill()
+        holder.wait()
