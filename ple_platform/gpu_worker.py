@@ -14,6 +14,7 @@ for pods (``PipesS3MessageReader``, which does not depend on pod logs).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import tempfile
 import time
@@ -63,6 +64,39 @@ def _extras(pipes: PipesContext) -> dict[str, Any]:
     return dict(pipes.extras)
 
 
+class _ProgressToPipes(logging.Handler):
+    """Progress records (``core/progress.py``) as Pipes log lines: the step's log in the UI shows the epochs."""
+
+    def __init__(self, pipes: PipesContext):
+        super().__init__(logging.INFO)
+        self.pipes = pipes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "ple_progress", None) is not None:
+            self.pipes.log.info(record.getMessage())
+
+
+@contextmanager
+def _progress_shown(pipes: PipesContext) -> Iterator[None]:
+    """While the job runs, progress goes to the run's log through Pipes and, as plain lines, to this process's
+    stdout, which a local subprocess shares with the command that launched it (`make demo` shows the epochs)."""
+    from ple_platform.core.progress import PROGRESS_LOGGER
+    from ple_platform.progress_view import plain_progress_handler
+
+    logger = logging.getLogger(PROGRESS_LOGGER)
+    handlers = [_ProgressToPipes(pipes), plain_progress_handler(sys.stdout)]
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    for h in handlers:
+        logger.addHandler(h)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+        logger.setLevel(level)
+
+
 def train_teacher_job(pipes: PipesContext) -> None:
     from ple_platform.core.model.handoff import unpack_teacher_inputs
     from ple_platform.core.model.teacher import train_on_data
@@ -92,8 +126,9 @@ def train_teacher_job(pipes: PipesContext) -> None:
     def upload_resume_state(last: Path) -> None:
         store.put(resume_key, last.read_bytes())
 
-    result = train_on_data(data, month, settings, workdir, resume=bool(ex["resume"]),
-                           on_epoch_checkpoint=upload_resume_state)
+    with _progress_shown(pipes):
+        result = train_on_data(data, month, settings, workdir, resume=bool(ex["resume"]),
+                               on_epoch_checkpoint=upload_resume_state)
     uri, sha = store.put(ex["checkpoint_key"], result.checkpoint)
     history = result.history
     summary = {"metrics": result.metrics, "history": history, "data_summary": result.data_summary,

@@ -37,6 +37,11 @@ class _PlainHandler(logging.Handler):
         self.stream.flush()
 
 
+def plain_progress_handler(stream, interval_s: float = 10.0) -> logging.Handler:
+    """A handler printing progress records as plain lines (at most one per ``interval_s`` per stage)."""
+    return _PlainHandler(stream, interval_s)
+
+
 class _RichHandler(logging.Handler):
     def __init__(self, progress):
         super().__init__(logging.INFO)
