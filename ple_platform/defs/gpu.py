@@ -18,6 +18,7 @@ store (S3) only (docs/architecture.md, "GPU dispatch").
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -111,6 +112,8 @@ class GpuDispatchResource(dg.ConfigurableResource):
             raise dg.Failure(description=f"gpu dispatch mode {self.mode!r} is unknown: expected 'subprocess' or "
                                          "'k8s' (PLE_GPU_DISPATCH)")
         try:
+            # Dagster 1.13's own Pipes session calls a preview API and warns on every run: noise in a user's terminal.
+            warnings.filterwarnings("ignore", category=dg.PreviewWarning, message=".*expected_writer_count")
             if self.mode == "subprocess":
                 return dg.PipesSubprocessClient().run(
                     context=op_context, command=[sys.executable, "-m", WORKER_MODULE, job], extras=dict(extras),
