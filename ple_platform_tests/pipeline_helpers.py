@@ -12,9 +12,11 @@ from ple_platform.defs.governance.promotion import challenger_evaluation, champi
 # 1000 makes every group "insufficient evidence", accepted here), some tasks have no positives, and noise is
 # larger than the production tolerance. All of it is configuration, set here as a user would.
 POLICY = {"allow_insufficient_fairness": True, "max_task_degradation": 0.5, "allow_unevaluable_tasks": True}
+# A 1-epoch teacher on 300 customers is nearly constant on some tasks, so its rank order there is noise (on the v2
+# bank the deposits student's Spearman with it was -0.02): these tests are about registration and promotion; the
+# fidelity checks themselves are tested in test_students.py.
 FAST = dict(num_boost_round=40, early_stopping_rounds=10, selection_rounds=20, n_boot=20, max_auc_gap=0.5,
-            min_spearman=0.0, min_topk_agreement=0.0, max_ece=0.5, min_teacher_std=0.0,
-            min_teacher_auc=0.0)  # a 1-epoch teacher on 300 customers is nearly constant on some tasks
+            min_spearman=-1.0, min_topk_agreement=0.0, max_ece=0.5, min_teacher_std=0.0, min_teacher_auc=0.0)
 DEGENERATE = dict(num_boost_round=1, early_stopping_rounds=1, selection_rounds=1, n_boot=20, max_auc_gap=1.0,
                   min_spearman=-1.0, min_topk_agreement=0.0, max_ece=1.0, min_teacher_std=0.0, min_teacher_auc=0.0)
 
