@@ -101,8 +101,8 @@ def test_bootstrap_promote_better_reject_worse_and_never_twice(platform):
     v6_bad = bundle_version(resources, M6)
     assert v6_bad != v6
     result = tick(resources, instance, result.cursor)
-    assert not result.run_requests
     rejected = gov.registry().decisions(v6_bad)[-1]
+    assert not result.run_requests, (rejected.outcome, rejected.reasons)
     assert rejected.outcome == "reject" and rejected.reasons
     observation = result.asset_events[0]
     assert observation.metadata["decision"].value == "reject"
