@@ -2,6 +2,7 @@
 materializations (teachers, students and evaluations are trained and measured, never stubbed)."""
 
 import json
+import os
 import shutil
 
 import dagster as dg
@@ -95,15 +96,20 @@ def test_bootstrap_promote_better_reject_worse_and_never_twice(platform):
     # 3. The next tick has nothing new: no second promotion.
     again = tick(resources, instance, result.cursor)
     assert not again.run_requests and again.skip_reason
-    # 4. A worse retrain of the same month is rejected with reasons, visible on the evaluation's asset page.
+    # 4. A worse retrain of the same month (one tree per student) is rejected with reasons, visible on the
+    # evaluation's asset page. On 300 test customers its mean can beat the 40-round champion by noise; what makes it
+    # worse is a task it degrades (top_mcc_shift by ~0.15), so the sensor judges it under a policy that tolerates
+    # at most 0.05 per task instead of the small-panel 0.5.
     result = again
     _bundle(resources, instance, M6, **DEGENERATE)
     v6_bad = bundle_version(resources, M6)
     assert v6_bad != v6
-    result = tick(resources, instance, result.cursor)
+    strict = build_resources(Settings.from_env({**os.environ, "PLE_PROMOTION_POLICY": json.dumps(
+        {**POLICY, "max_task_degradation": 0.05})}))
+    result = tick(strict, instance, result.cursor)
     rejected = gov.registry().decisions(v6_bad)[-1]
     assert not result.run_requests, (rejected.outcome, rejected.reasons)
-    assert rejected.outcome == "reject" and rejected.reasons
+    assert rejected.outcome == "reject" and any("tolerance" in r for r in rejected.reasons), rejected.reasons
     observation = result.asset_events[0]
     assert observation.metadata["decision"].value == "reject"
     assert gov.registry().champion().version == v6
