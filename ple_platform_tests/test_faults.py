@@ -462,9 +462,11 @@ def holds_the_warehouse():
 
 dg.materialize([holds_the_warehouse], instance=dg.DagsterInstance.get(), tags=launch_tags())
 """
+# The same, launched as the UI's daemon or a script would: without the CLI's process tags.
+_HOLD_POOL_UNTAGGED = _HOLD_POOL.replace(", tags=launch_tags()", "")
 
 
-def _start_pool_holder(tmp_path, monkeypatch):
+def _start_pool_holder(tmp_path, monkeypatch, script=None):
     """A Dagster instance with the warehouse pool (limit 1) in ``tmp_path``, and a process running a
     materialization that holds the pool's slot (returned; it prints "holding" once it has the slot)."""
     import os
@@ -475,11 +477,12 @@ def _start_pool_holder(tmp_path, monkeypatch):
     home.mkdir()
     (home / "dagster.yaml").write_text("concurrency:\n  pools:\n    default_limit: 1\ntelemetry:\n  enabled: false\n")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    return subprocess.Popen([sys.executable, "-c", _HOLD_POOL], stdout=subprocess.PIPE, text=True,
+    return subprocess.Popen([sys.executable, "-c", script or _HOLD_POOL], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "DAGSTER_HOME": str(home)})
 
 
-def test_a_killed_run_is_recovered_and_the_next_run_gets_the_pool(tmp_path, monkeypatch):
+@pytest.mark.parametrize("launched_by", ["cli", "untagged"])
+def test_a_killed_run_is_recovered_and_the_next_run_gets_the_pool(tmp_path, monkeypatch, launched_by):
     """SIGKILL a run holding the warehouse pool: its slot stays claimed (the defect); recovery fails the dead run
     with a message naming the pid, frees the slot, and the next run of a pool asset completes."""
     import os
@@ -490,7 +493,7 @@ def test_a_killed_run_is_recovered_and_the_next_run_gets_the_pool(tmp_path, monk
 
     from ple_platform.run_recovery import recover_dead_runs
 
-    proc = _start_pool_holder(tmp_path, monkeypatch)
+    proc = _start_pool_holder(tmp_path, monkeypatch, _HOLD_POOL if launched_by == "cli" else _HOLD_POOL_UNTAGGED)
     try:
         assert proc.stdout.readline().strip() == "holding"
     finally:
@@ -517,7 +520,8 @@ def test_a_killed_run_is_recovered_and_the_next_run_gets_the_pool(tmp_path, monk
         assert time.monotonic() - t0 < 60
 
 
-def test_a_live_run_is_not_recovered(tmp_path, monkeypatch):
+@pytest.mark.parametrize("launched_by", ["cli", "untagged"])
+def test_a_live_run_is_not_recovered(tmp_path, monkeypatch, launched_by):
     import os
     import signal
 
@@ -525,7 +529,7 @@ def test_a_live_run_is_not_recovered(tmp_path, monkeypatch):
 
     from ple_platform.run_recovery import recover_dead_runs, slot_holders
 
-    proc = _start_pool_holder(tmp_path, monkeypatch)
+    proc = _start_pool_holder(tmp_path, monkeypatch, _HOLD_POOL if launched_by == "cli" else _HOLD_POOL_UNTAGGED)
     try:
         assert proc.stdout.readline().strip() == "holding"
         with dg.DagsterInstance.get() as instance:
