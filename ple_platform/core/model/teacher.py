@@ -43,6 +43,11 @@ def teacher_checkpoint_key(month: date, sha256: str | None = None) -> str:
     return f"teacher/{month.isoformat()}/" + (f"{sha256[:16]}.pt" if sha256 else "checkpoint.pt")
 
 
+def teacher_evaluation_key(month: date) -> str:
+    """Artifact-store key of model month ``month``'s ``teacher_evaluation`` result (JSON, with the checkpoint sha)."""
+    return f"teacher/{month.isoformat()}/evaluation.json"
+
+
 @dataclass(frozen=True)
 class TeacherSettings:
     """Run-level knobs (demo vs benchmark vs production).

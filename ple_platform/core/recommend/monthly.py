@@ -131,6 +131,13 @@ class Explanations:
     n_grounded: int  # reasons whose every number is the customer's own value or gate weight
 
 
+def gate_cited_tasks(bundle: ModelBundle) -> set[str]:
+    """The tasks whose reasons may cite the teacher's gate weights, as the bundle's routing records them
+    (``core/distillation/gate_citation.py``: DISTILLed *and* the gates beat the no-information control).
+    A bundle without that record cites none."""
+    return {t for t, r in bundle.routing.items() if isinstance(r, dict) and (r.get("gate_citation") or {}).get("cited")}
+
+
 def explain(students: dict, X: np.ndarray, customer_rows: np.ndarray, products: np.ndarray,
             gates: dict[str, dict[str, np.ndarray]], names: Sequence[str] | None = None) -> Explanations:
     """Reasons (en, ko) per recommendation row (customer row, product), one ``predict_contrib`` per task.
@@ -153,8 +160,8 @@ def explain(students: dict, X: np.ndarray, customer_rows: np.ndarray, products: 
         protected = np.array([c in PROTECTED_COLUMNS for c in student.features] + [False])
         contrib[:, protected] = 0.0  # never a reason: see the module docstring
         raw = X[np.ix_(rows, [pos[c] for c in student.features])].astype(np.float64)
-        # The gate sentence is about the teacher: only a DISTILLed student carries it. A DIRECT student learned
-        # from hard labels alone, so the teacher's gates say nothing about the model that decided.
+        # The gate sentence is about the teacher: callers pass gates only for the tasks the bundle cites
+        # (gate_cited_tasks); a DIRECT student is refused here as well, whatever the caller passed.
         cites_gates = task in gates and str(getattr(student.route, "value", student.route)) == "DISTILL"
         gate = {e: w[rows] for e, w in gates[task].items()} if cites_gates else None
         by_lang = {lang: reasons.explain_batch(products[sel], task, contrib, student.features, raw, gate, lang,
@@ -183,6 +190,7 @@ class RecommendationBatch:
     n_reasons: int
     n_grounded: int
     gate_profile: dict[str, dict[str, float]]  # task -> expert -> mean shared gate weight
+    gate_citation: dict[str, dict]  # task -> {"cited", "reason"}: whether its reasons name an expert, and why
 
 
 def recommend_month(con: duckdb.DuckDBPyConnection, store: ArtifactStore, bundle: ModelBundle,
@@ -204,13 +212,14 @@ def recommend_month(con: duckdb.DuckDBPyConnection, store: ArtifactStore, bundle
     if not np.array_equal(teacher_out.customer_ids, md.customer_ids):
         raise RecommendationError("teacher gate rows are not in the feature rows' customer order")
     gates = {t: teacher_out.shared_gates(t) for t in students}
+    cited = {t: g for t, g in gates.items() if t in gate_cited_tasks(bundle)}
 
     scores = scoring.product_scores(preds, priors)
     eligible, blocked = ranking.eligibility(attrs["suitability_profile"])
     idx, top = ranking.top_k(scores, md.holdings > 0.5, TOP_K, eligible)
     cust, rank0 = np.nonzero(idx >= 0)
     products = idx[cust, rank0]
-    ex = explain(students, X, cust, products, gates)
+    ex = explain(students, X, cust, products, cited)
     task_json = np.asarray(task_scores_json(preds), dtype=object)
     rows = pa.table({
         "customer_id": pa.array(md.customer_ids[cust].tolist(), pa.string()),
@@ -226,7 +235,10 @@ def recommend_month(con: duckdb.DuckDBPyConnection, store: ArtifactStore, bundle
     return RecommendationBatch(
         rows=rows, customers_scored=int(md.n_rows), customers=int(len(np.unique(cust))),
         blocked_investment_pairs=blocked, n_reasons=ex.n_reasons, n_grounded=ex.n_grounded,
-        gate_profile={t: {e: float(np.mean(w)) for e, w in g.items()} for t, g in gates.items()})
+        gate_profile={t: {e: float(np.mean(w)) for e, w in g.items()} for t, g in gates.items()},
+        gate_citation={t: {"cited": t in cited, "reason": (bundle.routing.get(t, {}).get("gate_citation") or {}).get(
+            "reason", f"{t}: the bundle records no gate-citation decision; gate weights are not cited")}
+            for t in students})
 
 
 def write_recommendations(con: duckdb.DuckDBPyConnection, month: date, batch: RecommendationBatch,

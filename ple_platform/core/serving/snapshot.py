@@ -108,7 +108,7 @@ def build_snapshot(con: duckdb.DuckDBPyConnection, store: ArtifactStore, bundle:
         raise SnapshotError("serving snapshot: teacher gate rows are not in the feature rows' customer order")
     arrays: dict[str, np.ndarray] = {"holdings": md.holdings > 0.5}
     experts: dict[str, list[str]] = {}
-    for task in students:
+    for task in sorted(monthly.gate_cited_tasks(bundle) & set(students)):  # proven or not cited
         g = out.shared_gates(task)
         experts[task] = list(g)
         arrays[f"gate/{task}"] = np.stack([g[e] for e in g], axis=1).astype(np.float32)

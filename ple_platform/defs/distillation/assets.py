@@ -23,6 +23,7 @@ from ple_platform.core.distillation.bundle import (
     write_bundle_pointer,
 )
 from ple_platform.core.distillation.dataset import DistillationData, build_distillation_data
+from ple_platform.core.distillation.gate_citation import gate_citation
 from ple_platform.core.distillation.fidelity import FidelityThresholds, fidelity
 from ple_platform.core.distillation.students import StudentConfig, fit_task_students
 from ple_platform.core.features.spec import FEATURE_GROUPS
@@ -30,7 +31,7 @@ from ple_platform.core.governance.audit.log import AuditEvent
 from ple_platform.core.governance.promotion.registry import ModelBundle, Route, StudentArtifact
 from ple_platform.core.model.baselines import DEFAULT_PARAMS, MANY_CLASS_OVERRIDES
 from ple_platform.core.model.evaluate import evaluate_predictions
-from ple_platform.core.model.teacher import load_teacher
+from ple_platform.core.model.teacher import load_teacher, teacher_evaluation_key
 from ple_platform.core.progress import milestone
 from ple_platform.core.reporting import json_ready, md_table  # NaN/inf -> None: the registry and audit log refuse NaN
 from ple_platform.core.storage import sha256_bytes
@@ -206,10 +207,22 @@ def bundle_version(month: date, teacher_sha: str, student_shas: dict[str, str]) 
     return f"v{month:%Y.%m}-{digest[:10]}"
 
 
+def _faithfulness_controls(store, month: date, teacher_sha: str) -> tuple[dict, str]:
+    """The month's per-task gate-faithfulness control results and, when there are none (so no gate is cited),
+    why: the evaluation is missing or was made on another checkpoint than the one being registered."""
+    key = teacher_evaluation_key(month)
+    if not store.exists(key):
+        return {}, f"teacher_evaluation not materialized for {month:%Y-%m}"
+    result = json.loads(store.get(key))
+    if result.get("teacher_checkpoint_sha256") != teacher_sha:
+        return {}, f"teacher_evaluation of {month:%Y-%m} was made on another teacher checkpoint"
+    return result.get("gate_faithfulness_control") or {}, "the evaluation has no control for this task"
+
+
 @dg.asset(
     group_name="distillation",
     partitions_def=MONTHLY,
-    deps=[a.key for a in student_assets] + ["ple_teacher"],
+    deps=[a.key for a in student_assets] + ["ple_teacher", "teacher_evaluation"],
     pool=WAREHOUSE_POOL,
     kinds={"duckdb"},
     owners=["team:ml-platform"],
@@ -220,7 +233,9 @@ def bundle_version(month: date, teacher_sha: str, student_shas: dict[str, str]) 
 def model_bundle(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource,
                  governance: GovernanceResource) -> dg.MaterializeResult:
     """Registers the 13 students + routing + teacher reference + months + content hashes as one model version
-    (a challenger until the promotion sensor decides)."""
+    (a challenger until the promotion sensor decides). Each task's routing records whether its reasons may cite
+    the teacher's gate weights: only when DISTILLed and the gates beat the no-information control in
+    ``teacher_evaluation`` (proven or not cited)."""
     month = date.fromisoformat(context.partition_key)
     store = artifacts.store()
     checkpoint = store.get(teacher_checkpoint_key(month))
@@ -243,13 +258,17 @@ def model_bundle(context: dg.AssetExecutionContext, warehouse: WarehouseResource
             for g in FEATURE_GROUPS
         }
     teacher_sha = sha256_bytes(checkpoint)
+    controls, missing = _faithfulness_controls(store, month, teacher_sha)
+    routing = {t: {**json_ready(m["routing"]),
+                   "gate_citation": json_ready(gate_citation(t, m["routing"]["route"], controls.get(t), missing))}
+               for t, m in metas.items()}
     version = bundle_version(month, teacher_sha, {t: s.sha256 for t, s in students.items()})
     bundle = ModelBundle(
         version=version, model_month=month, teacher_uri=store.uri(teacher_checkpoint_key(month, teacher_sha)),
         teacher_sha256=teacher_sha, code_version=payload["code_version"],
         train_months=tuple(date.fromisoformat(m) for m in split["train"]),
         validation_month=date.fromisoformat(split["validation"]), test_month=date.fromisoformat(split["test"]),
-        students=students, routing={t: json_ready(m["routing"]) for t, m in metas.items()},
+        students=students, routing=routing,
         feature_hashes=feature_hashes, run_id=context.run.run_id,
     )
     registry = governance.registry()
@@ -258,8 +277,9 @@ def model_bundle(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         "bundle_sha256": bundle_sha, "model_month": month.isoformat(), "run_id": context.run.run_id,
         "teacher_sha256": teacher_sha, "routes": {t: s.route.value for t, s in students.items()}})
     write_bundle_pointer(store, month, version)
-    routes = md_table(["task", "route", "fidelity check"],
-                      [(t, s.route.value, s.metrics["fidelity_passed"]) for t, s in students.items()])
+    routes = md_table(["task", "route", "fidelity check", "reasons cite gate weights"],
+                      [(t, s.route.value, s.metrics["fidelity_passed"], routing[t]["gate_citation"]["cited"])
+                       for t, s in students.items()])
     return dg.MaterializeResult(
         metadata={"version": version, "bundle_sha256": bundle_sha, "teacher_sha256": teacher_sha,
                   "code_version": payload["code_version"],

@@ -73,6 +73,7 @@ def recommendations(context: dg.AssetExecutionContext, warehouse: WarehouseResou
                "rows": n, "customers": batch.customers, "customers_scored": batch.customers_scored,
                "blocked_investment_pairs": batch.blocked_investment_pairs, "n_reasons": batch.n_reasons,
                "n_grounded": batch.n_grounded, "languages": list(LANGS), "gate_profile": batch.gate_profile,
+               "gate_citation": batch.gate_citation,
                "content_hash": content_hash, "run_id": context.run.run_id}
     store.put(summary_key(month), json.dumps(summary, sort_keys=True).encode())
     governance.audit_log().append(AuditEvent.RECOMMENDATION, f"recommendations/{month.isoformat()}", {

@@ -18,7 +18,7 @@ from ple_platform.core.model.assessment_settings import AssessmentSettings
 from ple_platform.core.model.baselines import DEFAULT_PARAMS
 from ple_platform.core.model.ple_config import PLEConfig
 from ple_platform.core.model.teacher import (TeacherSettings, code_version, fit_teacher, load_teacher_data,
-                                             teacher_checkpoint_key)
+                                             teacher_checkpoint_key, teacher_evaluation_key)
 from ple_platform.core.reporting import json_ready, md_table
 from ple_platform.core.storage import sha256_bytes
 from ple_platform.core.tasks.split import SplitError
@@ -200,8 +200,10 @@ def teacher_evaluation(context: dg.AssetExecutionContext, config: EvaluationRunC
     workdir = Path(tempfile.gettempdir()) / "ple_teacher_evaluation" / month.isoformat()
     with warehouse.get_connection() as con:
         result = assess_teacher(con, checkpoint, workdir, settings)
+    # The checkpoint's sha travels with the result: a bundle cites gates only on evidence about its own teacher.
+    result = {**result, "teacher_checkpoint_sha256": sha256_bytes(checkpoint)}
     payload = json.dumps(json_ready(result, "teacher_evaluation", digits=5), sort_keys=True).encode()
-    uri, sha = store.put(f"teacher/{month.isoformat()}/evaluation.json", payload)
+    uri, sha = store.put(teacher_evaluation_key(month), payload)
     goal = result["goal"]
     return dg.MaterializeResult(
         metadata={

@@ -179,7 +179,9 @@ def collect_evidence(con: duckdb.DuckDBPyConnection, store: ArtifactStore, regis
                           "blocked_investment_recs": int(summary["blocked_investment_pairs"]),
                           **serving_control_evidence(audit)} if served else None,
         explanations={"n_reasons": summary["n_reasons"], "n_grounded": summary["n_grounded"],
-                      "languages": summary["languages"]} if served else None,
+                      "languages": summary["languages"],
+                      **({"gate_citation": summary["gate_citation"]} if "gate_citation" in summary else {})}
+        if served else None,
         human_oversight={"approval_required": settings.require_approval},
         # Scored now on the running rules (2-4 s), never a figure carried over from other code.
         reason_gate={"evaluation": evaluate_gate(), "month_verdicts": rewrite_verdicts(audit, month.isoformat())},

@@ -48,7 +48,8 @@ Evidence shapes (all keys optional inside; what is missing is reported as missin
     lineage          {"run_ids": {asset: run_id}}
     serving_controls {"suitability_rule_active": bool, "blocked_investment_recs": int, "opt_out_supported": bool,
                       "kill_switch_available": bool, "kill_switch_engaged": bool, "ai_disclosure": bool}
-    explanations     {"n_reasons": int, "n_grounded": int, "languages": [...]}
+    explanations     {"n_reasons": int, "n_grounded": int, "languages": [...],
+                      "gate_citation": {task: {"cited": bool, "reason": str}} (optional)}
     human_oversight  {"approval_required": bool}
     reason_gate      {"evaluation": reasons_llm.evaluation.evaluate() (rules, cases_sha256, goals, splits: {dev,
                       holdout: {n_violation, n_clean, recall, recall_any, fpr}}), "month_verdicts":
@@ -515,6 +516,10 @@ def _chk_explainability(c: _Check) -> None:
             c.fails.append(f"{int(n) - int(g)} of {int(n)} reasons contain numbers not grounded in the "
                            "customer's data")
         c.facts.update(n_reasons=n, n_grounded=g, languages=ex.get("languages"))
+        citation = ex.get("gate_citation")
+        if citation is not None:
+            # Proven or not cited: gate weights appear in reasons only for tasks whose gates passed the control.
+            c.facts["tasks_citing_gate_weights"] = sorted(t for t, d in citation.items() if d.get("cited"))
     if gp is not None:
         absent = [t.name for t in TASKS if t.name not in gp]
         if absent:
