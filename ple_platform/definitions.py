@@ -7,11 +7,13 @@ one place (``defs/resources.py``), chosen by the environment.
 import warnings
 from pathlib import Path
 
-# Two deliberate uses of non-GA Dagster APIs, silenced by exact message only (everything else still warns):
-# partitioned asset checks (per-month check results) and allow_nonexistent_upstream_partitions (warm-up
-# months have less history than a feature's lookback window). Set before the asset modules are imported.
+# Three deliberate uses of non-GA Dagster APIs, silenced by exact message only (everything else still warns):
+# partitioned asset checks (per-month check results), allow_nonexistent_upstream_partitions (warm-up
+# months have less history than a feature's lookback window) and the raw assets' single-run backfill policy.
+# Set before the asset modules are imported.
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec")
 warnings.filterwarnings("ignore", message="Parameter `allow_nonexistent_upstream_partitions`")
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of function `asset`")
 
 import dagster as dg  # noqa: E402
 

@@ -49,6 +49,9 @@ def test_a_new_raw_month_requests_its_features_the_previous_labels_and_the_model
                                                 "recommendations")]
     students = [k.to_user_string() for k in processed if k.to_user_string().startswith("student_")]
     assert len(students) == 13
+    # Each feature group depends on its own month t-1 (the drift check's input): the request must still be t alone.
+    for g in FEATURE_GROUPS:
+        assert dg.AssetKey(g.name) in graph.get(dg.AssetKey(g.name)).parent_keys, g.name
     with dg.instance_for_test() as instance:
         _materialize(instance, processed, HISTORY)
         settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=BEFORE)

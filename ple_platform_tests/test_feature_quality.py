@@ -36,3 +36,13 @@ def test_move_off_a_point_mass_is_seen():
     current[:, 0] = np.where(previous[:, 0] == 0.0, 1e-3, previous[:, 0])
     r = _psi_result(previous, current)
     assert not r.passed and r.metadata["worst_column"] == SPEC.columns[0]
+
+
+def test_a_missing_previous_month_is_not_a_pass_unless_it_is_the_first_month():
+    values = np.random.default_rng(2).normal(size=(500, SPEC.dim)).astype(np.float32)
+    pick = lambda results: next(r for r in results if r.name == "psi_drift_vs_previous_month")  # noqa: E731
+    first = pick(evaluate(SPEC, values, 0.0, None, None, None, first_month=True))
+    missing = pick(evaluate(SPEC, values, 0.0, None, None, None, first_month=False))
+    assert first.passed and first.metadata["evaluated"] is False
+    assert not missing.passed and not missing.blocking and missing.metadata["evaluated"] is False
+    assert "t-1" in missing.description and "not materialized" in missing.description

@@ -92,8 +92,14 @@ def evaluate(
                                  f"PSI of every column vs the previous month < {PSI_ALERT} (the platform's alert level)",
                                  {"max_psi": float(psis.max()), "worst_column": spec.columns[worst], "columns_over": int((psis >= PSI_ALERT).sum())},
                                  blocking=False))
-    else:
+    elif first_month:
         out.append(QualityResult("psi_drift_vs_previous_month", True, "First stored month: no previous month to compare", {"evaluated": False}, blocking=False))
+    else:
+        # Month t-1 exists upstream but its features are not stored (a month run out of order): say so, never pass.
+        out.append(QualityResult("psi_drift_vs_previous_month", False,
+                                 "Not evaluated: month t-1 of this group is not materialized (materialize it, then "
+                                 "re-run this month; a backfill orders the months through the declared t-1 dependency)",
+                                 {"evaluated": False}, blocking=False))
 
     if next_month_changes is None:
         out.append(QualityResult("leakage_guard", False, "Not evaluable yet: month t+1 is not in the warehouse (re-run once it lands)",

@@ -179,6 +179,11 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
             ),
         )
         for src in sorted(set(spec.sources) | {"customers"})
+    ] + [
+        # The drift check compares month t with the stored month t-1: declared so a backfill runs the months
+        # in order whatever order they were requested in. The first month has no t-1 and does not wait.
+        dg.AssetDep(spec.name, partition_mapping=dg.TimeWindowPartitionMapping(
+            start_offset=-1, end_offset=-1, allow_nonexistent_upstream_partitions=True)),
     ]
     check_specs = [
         dg.AssetCheckSpec(name, asset=spec.name, blocking=name not in NON_BLOCKING, partitions_def=MONTHLY)
@@ -186,26 +191,34 @@ def build_feature_asset(spec: FeatureGroupSpec) -> dg.AssetsDefinition:
         if name != "no_all_zero_rows_with_data" or spec.zero_ok_without
     ]
 
-    @dg.asset(
+    # A multi-asset of one spec, only to be subsettable: for a non-subsettable asset Dagster's automation widens a
+    # request to the asset's whole execution set by mapping the requested months through the asset's own deps, and
+    # the t-1 self-dependency then turned a request for month t into one for t-1 and t (docs/architecture.md).
+    @dg.multi_asset(
         name=spec.name,
-        group_name="features",
+        specs=[dg.AssetSpec(
+            spec.name,
+            group_name="features",
+            deps=deps,
+            kinds={"duckdb", "pytorch" if spec.name in {"mamba_temporal", "graph_collaborative", "product_hierarchy",
+                                                        "merchant_hierarchy"} else "python"},
+            owners=["team:ml-features"],
+            description=f"{spec.algorithm}. {spec.dim} columns; consumed by {', '.join(spec.experts)}.",
+            metadata={
+                "dagster/table_name": spec.table,
+                "width": spec.dim,
+                "fitted": spec.fitted,
+                "lookback_months": spec.lookback_months,
+                "experts": ", ".join(spec.experts),
+            },
+            code_version=CODE_VERSION,
+            automation_condition=FEATURES,
+        )],
         partitions_def=MONTHLY,
-        deps=deps,
         check_specs=check_specs,
+        can_subset=True,
         pool=WAREHOUSE_POOL,
         op_tags=GPU_OP_TAGS if spec.name in GPU_GROUPS else None,
-        kinds={"duckdb", "pytorch" if spec.name in {"mamba_temporal", "graph_collaborative", "product_hierarchy", "merchant_hierarchy"} else "python"},
-        owners=["team:ml-features"],
-        description=f"{spec.algorithm}. {spec.dim} columns; consumed by {', '.join(spec.experts)}.",
-        metadata={
-            "dagster/table_name": spec.table,
-            "width": spec.dim,
-            "fitted": spec.fitted,
-            "lookback_months": spec.lookback_months,
-            "experts": ", ".join(spec.experts),
-        },
-        code_version=CODE_VERSION,
-        automation_condition=FEATURES,
     )
     def _feature(context: dg.AssetExecutionContext, warehouse: WarehouseResource, artifacts: ArtifactStoreResource,
                  settings: PlatformSettings):
