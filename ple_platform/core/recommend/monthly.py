@@ -212,7 +212,8 @@ def recommend_month(con: duckdb.DuckDBPyConnection, store: ArtifactStore, bundle
     if not np.array_equal(teacher_out.customer_ids, md.customer_ids):
         raise RecommendationError("teacher gate rows are not in the feature rows' customer order")
     gates = {t: teacher_out.shared_gates(t) for t in students}
-    cited = {t: g for t, g in gates.items() if t in gate_cited_tasks(bundle)}
+    proven = gate_cited_tasks(bundle)
+    cited = {t: g for t, g in gates.items() if t in proven}
 
     scores = scoring.product_scores(preds, priors)
     eligible, blocked = ranking.eligibility(attrs["suitability_profile"])
