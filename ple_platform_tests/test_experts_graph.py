@@ -135,6 +135,40 @@ def test_hgcn_output_moves_with_the_tree():
     assert not torch.allclose(model(batch)[0], other(batch)[0], atol=1e-4)
 
 
+def _hgcn_with_geoopt_ops(model: HGCNExpert, seq: torch.Tensor) -> torch.Tensor:
+    """The expert's hyperbolic part written with geoopt's PoincareBall operations, one by one (the reference)."""
+    ball = model.ball
+    spend = model.node_spend(seq)
+    total = spend[:, :1]
+    share = spend / total.clamp_min(1e-6)
+    sig = torch.stack([share, torch.log1p(spend) / torch.log1p(total).clamp_min(1e-6)], dim=-1)
+    x = ball.expmap0(ball.logmap0(model.node_emb) * torch.sigmoid(model.gate(sig)) + model.sig_in(sig))
+    for w, b in zip(model.weights, model.biases):
+        x = ball.mobius_add(ball.mobius_matvec(w, x), ball.expmap0(b))
+        x = ball.expmap0(model.act(model.adj @ ball.logmap0(x)))
+    mids = ball.weighted_midpoint(x.unsqueeze(1), share.unsqueeze(1) * model.levels, reducedim=[2], dim=-1)
+    return ball.logmap0(torch.cat([mids, x[:, :1]], dim=1)).flatten(1)
+
+
+@pytest.mark.parametrize("weight_scale", [1.0, 6.0])  # 6: most points hit geoopt's projection radius
+def test_hgcn_fused_poincare_maths_equal_geoopt(weight_scale):
+    torch.manual_seed(0)
+    model = HGCNExpert(n_layers=2, init_scale=0.5)
+    with torch.no_grad():
+        for w in model.weights:
+            w.mul_(weight_scale)
+        for b in model.biases:
+            b.normal_(0, 0.1)
+    seq = make_batch(24)["txn_seq"]
+    seq[0] = -1.0  # a customer without spend pools to the origin in both
+    params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    fused = model._hyperbolic(seq)
+    ref = _hgcn_with_geoopt_ops(model, seq)
+    assert torch.allclose(fused, ref, atol=2e-5, rtol=1e-4) and float(ref.abs().max()) > 0.1
+    for g, r in zip(torch.autograd.grad(fused.square().sum(), params), torch.autograd.grad(ref.square().sum(), params)):
+        assert torch.allclose(g, r, atol=1e-4, rtol=1e-3)
+
+
 def test_hgcn_riemannian_adam_keeps_points_in_ball():
     g = torch.Generator().manual_seed(0)
     n = mcc_hierarchy().tree.n_nodes

@@ -164,20 +164,79 @@ class HGCNExpert(nn.Module):
             return self.head(torch.cat([pooled, routed.float()], dim=1))
 
     def _hyperbolic(self, seq: torch.Tensor) -> torch.Tensor:
-        ball = self.ball
         spend = self.node_spend(seq)  # (B, n)
         total = spend[:, :1]
         share = spend / total.clamp_min(1e-6)
         log_share = torch.log1p(spend) / torch.log1p(total).clamp_min(1e-6)
         sig = torch.stack([share, log_share], dim=-1)  # (B, n, 2)
 
-        u = ball.logmap0(self.node_emb) * torch.sigmoid(self.gate(sig)) + self.sig_in(sig)
-        x = ball.expmap0(u)  # (B, n, embed_dim): each customer's own point set
+        sc = self.ball.c.sqrt()
+        u = self.ball.logmap0(self.node_emb) * torch.sigmoid(self.gate(sig)) + self.sig_in(sig)
+        v = _clip_tangent(u, sc)  # = logmap0(projx(expmap0(u))): each customer's own point set, in the tangent space
         for w, b in zip(self.weights, self.biases):
-            x = ball.mobius_add(ball.mobius_matvec(w, x), ball.expmap0(b))  # HypLinear
-            x = ball.expmap0(self.act(self.adj @ ball.logmap0(x)))  # HypAgg + HypAct at the origin
+            y = _expmap0(v @ w.T, sc)  # HypLinear: Möbius matvec W ⊗ expmap0(v) = expmap0(W v)
+            z = _mobius_add(y, _expmap0(b, sc), sc.square())  # ... ⊕ exp0(b)
+            v = _clip_tangent(self.act(self.adj @ _logmap0(z, sc)), sc)  # HypAgg + HypAct at the origin
 
         weights = share.unsqueeze(1) * self.levels  # (B, n_levels, n): the level's shares (sum to 1 if any spend)
-        mids = ball.weighted_midpoint(x.unsqueeze(1), weights, reducedim=[2], dim=-1)  # (B, n_levels, hidden)
-        pooled = torch.cat([mids, x[:, :1]], dim=1)  # + root node, which has aggregated the whole tree
-        return ball.logmap0(pooled).flatten(1)
+        mids = _weighted_midpoint_tangent(v, weights, sc)  # (B, n_levels, hidden)
+        pooled = torch.cat([mids, v[:, :1]], dim=1)  # + root node, which has aggregated the whole tree
+        return pooled.flatten(1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Poincaré-ball maths fused for (B, n_nodes, d) tensors. They compute exactly what geoopt's PoincareBall gives
+# (expmap0 / logmap0 / mobius_matvec / mobius_add / weighted_midpoint, each followed by geoopt's float32 projection
+# to norm (1 - 4e-3) / sqrt(c)) — ``test_hyperbolic.py`` checks them against geoopt — but with one norm per step
+# instead of geoopt's generic TorchScript chain, and points kept as tangent vectors where a log0 would undo an exp0
+# (log0(exp0(u)) = u inside the projection radius). That cut the expert's CPU step several-fold.
+
+_BALL_EPS = 4e-3  # geoopt's projection margin for float32
+_MAX_ATANH = float(np.arctanh(1 - _BALL_EPS))  # tangent-norm radius of the projected ball, times sqrt(c)
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    return x.norm(dim=-1, keepdim=True).clamp_min(1e-15)
+
+
+def _clip_tangent(u: torch.Tensor, sc: torch.Tensor) -> torch.Tensor:
+    """logmap0(projx(expmap0(u))): the tangent vector, its norm clipped where the point would leave the ball."""
+    n = _norm(u)
+    return u * (_MAX_ATANH / (sc * n)).clamp_max(1.0)
+
+
+def _expmap0(u: torch.Tensor, sc: torch.Tensor) -> torch.Tensor:
+    """projx(expmap0(u))."""
+    n = _norm(u)
+    return u * (torch.tanh((sc * n).clamp_max(15.0)).clamp_max(1 - _BALL_EPS) / (sc * n))
+
+
+def _logmap0(y: torch.Tensor, sc: torch.Tensor) -> torch.Tensor:
+    n = _norm(y)
+    return y * (torch.atanh((sc * n).clamp(max=1 - 1e-7)) / (sc * n))
+
+
+def _mobius_add(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """projx(x ⊕ y), y broadcast over x."""
+    xy = (x * y).sum(-1, keepdim=True)
+    x2, y2 = x.square().sum(-1, keepdim=True), y.square().sum(-1, keepdim=True)
+    num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
+    out = num / (1 + 2 * c * xy + c.square() * x2 * y2).clamp_min(1e-15)
+    n = _norm(out)
+    return out * ((1 - _BALL_EPS) / (c.sqrt() * n)).clamp_max(1.0)
+
+
+def _weighted_midpoint_tangent(v: torch.Tensor, weights: torch.Tensor, sc: torch.Tensor) -> torch.Tensor:
+    """logmap0 of the weighted gyromidpoints (geoopt's ``weighted_midpoint``) of the points expmap0(v).
+
+    v: (B, n, d) tangent vectors (inside the projection radius); weights: (B, m, n) -> (B, m, d). The sums over the
+    nodes are batched matmuls: m = Σ α λ x / Σ α (λ - 1), midpoint = ½ ⊗ m, and log0(½ ⊗ m) = ½ artanh(√c|m|) m̂ / √c.
+    """
+    x = _expmap0(v, sc)
+    lam = 2 / (1 - sc.square() * x.square().sum(-1)).clamp_min(1e-15)  # (B, n) conformal factor
+    num = torch.bmm(weights * lam.unsqueeze(1), x)  # (B, m, d)
+    # Shares are >= 0 and lambda >= 2, so the denominator is 0 only for a level without spend (-> the origin).
+    two_mean = num / (weights * (lam - 1).unsqueeze(1)).sum(-1, keepdim=True).clamp_min(1e-10)
+    n = _norm(two_mean)
+    half = torch.tanh(0.5 * torch.atanh((sc * n).clamp(max=1 - 1e-7))).clamp_max(1 - _BALL_EPS)  # projx(½ ⊗ m)
+    return two_mean * (torch.atanh(half) / (sc * n))
