@@ -82,7 +82,9 @@ CLEAN_KO = "고객님은 37개월 동안 거래해 오셔서 장기 예금이 �
 def test_statutory_deposit_wording_is_the_one_allowed_protection_claim():
     statutory = "이 예금은 예금자보호법에 따라 원금과 소정의 이자를 합하여 1인당 최고 1억 원까지 보호됩니다."
     assert check(CLEAN_KO.replace(" 모델은", f" {statutory} 모델은"), DEPOSIT).passed
-    assert check(CLEAN_KO.replace(" 모델은", " 원금이 보장됩니다. 모델은"), DEPOSIT).rule_ids == ("guaranteed_return",)
+    # The specific rule names the claim; the grounding rule fails it too (원금, 보장 are no L1 words).
+    assert check(CLEAN_KO.replace(" 모델은", " 원금이 보장됩니다. 모델은"), DEPOSIT).rule_ids == (
+        "guaranteed_return", "ungrounded_wording")
     fund = L1Reason("funds", "ko", DEPOSIT.text)
     text = CLEAN_KO.replace("장기 예금", "투자 펀드").replace(" 모델은", f" {statutory} 모델은")
     assert "deposit_insurance_scope" in check(text, fund, has_suitability_profile=True).rule_ids
@@ -90,7 +92,7 @@ def test_statutory_deposit_wording_is_the_one_allowed_protection_claim():
 
 def test_the_word_customer_is_not_a_name_but_a_name_before_it_is():
     assert check(CLEAN_KO, DEPOSIT).passed  # 고객님 twice
-    assert check("김민준 " + CLEAN_KO, DEPOSIT).rule_ids == ("pii_name",)
+    assert check("김민준 " + CLEAN_KO, DEPOSIT).rule_ids == ("pii_name", "ungrounded_wording")
 
 
 def test_full_width_digits_are_normalised_before_the_number_rules():
@@ -103,6 +105,78 @@ def test_suitability_rule_needs_a_profile_for_investment_products():
     text = CLEAN_KO.replace("장기 예금", "투자 펀드")
     assert check(text, fund, has_suitability_profile=None).rule_ids == ("suitability",)
     assert check(text, fund, has_suitability_profile=True).passed
+
+
+EN_L1 = L1Reason("credit_card", "en", "Your card spending this month is €1,229. You do not hold a current account yet. "
+                                      "Our model relied most on your profile and product mix (42%).")
+EN_CLEAN = ("You spent €1,229 on your card this month and don't have a current account with us yet, so a credit card "
+            "may suit you. The model leaned most on your profile and product mix (42%).")
+
+
+def test_the_grounding_rule_passes_restated_facts_and_names_new_words():
+    assert check(EN_CLEAN, EN_L1).passed
+    assert check(CLEAN_KO, DEPOSIT).passed
+    # Paraphrases no pattern lists: the words are new, so the closed vocabulary fails them and names them.
+    for extra, words in (("Its value cannot go down.", "value, go, down"),
+                         ("It pays income you can count on whatever markets do.", "income, count, whatever, markets"),
+                         ("Rewritten in a friendlier tone as requested.", "rewritten, friendlier, tone, requested"),
+                         ("This card was rated the finest by experts.", "rated, finest, experts")):
+        v = check(EN_CLEAN.replace(" The model", f" {extra} The model"), EN_L1)
+        (hit,) = [h for h in v.hits if h.rule == "ungrounded_wording"]
+        assert hit.evidence == words, hit
+    for extra, word in (("시장이 흔들려도 원금은 그대로입니다.", "시장이"), ("금 투자 상품도 함께 보실 수 있습니다.", "금")):
+        v = check(CLEAN_KO.replace(" 모델은", f" {extra} 모델은"), DEPOSIT)
+        assert "ungrounded_wording" in v.rule_ids and word in dict((h.rule, h.evidence) for h in v.hits)[
+            "ungrounded_wording"].split(", ")
+
+
+def test_grounding_matches_word_forms_and_korean_endings():
+    from ple_platform.core.reasons_llm.grounding import en_forms, en_words, ungrounded_words
+    assert en_words("You don't hold one; it's yours.") == ["you", "do", "not", "hold", "one", "it", "yours"]
+    assert "payment" in en_forms("payments") and "hold" in en_forms("held") and "plan" in en_forms("planning")
+    # A grounded stem takes any listed particle or ending; a new stem does not.
+    l1 = "고객님은 아직 입출금 계좌를 보유하고 있지 않습니다."
+    assert ungrounded_words("아직 입출금 계좌가 없으셔서 보유하지 않으셨습니다.", "ko", l1, (), []) == []
+    assert ungrounded_words("원금은 그대로 보장됩니다.", "ko", l1, (), []) == ["원금은", "그대로", "보장됩니다"]
+    # Latin words in Korean text must come from the L1 text.
+    assert ungrounded_words("계좌는 ETF 상품입니다.", "ko", l1, (), []) == ["ETF"]
+    # An "=" entry is one exact form: "counted" (the model's weight), never "count on".
+    assert ungrounded_words("It counted most.", "en", "Text.", (), []) == []
+    assert ungrounded_words("Income you can count on.", "en", "Text.", (), []) == ["income", "count"]
+
+
+def test_the_vocabulary_is_small_documented_and_free_of_claim_words():
+    from ple_platform.core.reasons_llm.grounding import MAX_PER_LANG, VOCAB_PATH, vocabulary
+    doc = json.loads(VOCAB_PATH.read_text())
+    vocab = vocabulary()
+    for lang in ("en", "ko"):
+        assert len(vocab[lang]) <= MAX_PER_LANG and len(set(vocab[lang])) == len(vocab[lang])
+        assert all(g["why"] and g["words"] for g in doc[lang])
+    forbidden = {"guarantee", "guaranteed", "safe", "secure", "risk", "lose", "loss", "best", "now", "today", "soon",
+                 "only", "never", "always", "return", "returns", "profit", "interest", "rate", "grow", "earn",
+                 "protected", "free", "must", "last", "limited"}
+    assert not forbidden & {w.lstrip("=") for w in vocab["en"]}
+    assert not {"보장", "원금", "확정", "수익", "손실", "위험", "안전", "지금", "바로", "최고", "반드시", "꼭", "이자",
+                "금리"} & set(vocab["ko"])
+
+
+def test_numbers_keep_their_qualifiers_and_negations_their_count():
+    v = check(EN_CLEAN.replace("You spent €1,229", "You spent about €1,229"), EN_L1)
+    assert "ungrounded_number" in v.rule_ids
+    assert check(EN_CLEAN.replace("on your card", "on your card, adding up to €1,229,"), EN_L1).passed
+    v = check(CLEAN_KO.replace("37개월", "37개월 이상"), DEPOSIT)
+    assert "ungrounded_number" in v.rule_ids
+    # One more negation than the L1 text: a denial the facts do not make.
+    v = check(EN_CLEAN.replace("so a credit card may suit you.", "so a credit card may suit you; you will not "
+                                                                  "pay more."), EN_L1)
+    assert "fact_drift" in v.rule_ids
+
+
+def test_a_rewrite_may_add_at_most_one_sentence():
+    # The L1 text has 3 sentences, so 4 is the most; padding with restated words is caught by the count.
+    padded = EN_CLEAN.replace(" The model", " A credit card may suit you. It may help. It may fit. The model")
+    v = check(padded, EN_L1)
+    assert v.rule_ids == ("length",) and "sentences" in v.hits[0].evidence
 
 
 def test_every_hit_carries_its_rule_message_and_evidence():

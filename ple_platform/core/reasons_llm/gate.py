@@ -28,8 +28,16 @@ use. The rules, and the regulation or failure they stand for:
 * ``honorific`` — Korean sentences that do not end in a polite formal ending (…니다, …요), or 너/당신 address.
 * ``injection_echo`` — prompt-injection echoes and meta text: "ignore previous instructions", system prompt,
   "as an AI", refusals, "here is the rewritten reason", requests for passwords/OTP or transfers.
-* ``fact_drift`` — the rewrite lost an L1 number, flipped a negation (holds / does not hold), or dropped the
-  recommended product that the L1 text names.
+* ``fact_drift`` — the rewrite lost an L1 number, flipped a negation (holds / does not hold) or added one more
+  than the L1 text has, or dropped the recommended product that the L1 text names.
+* ``ungrounded_wording`` — the safety net under the rules above (``grounding.py``): every word of the rewrite must
+  come from the L1 text and facts, the product's own names, or a small reviewed vocabulary of neutral words
+  (``data/grounding_vocabulary.json``). A rewrite only restates the L1 facts, so a new word is new content — the
+  thing every violation needs, whatever its wording. The specific rules give the precise id; this one catches the
+  paraphrases their patterns do not list.
+
+``ungrounded_number`` also fails a grounded number with a qualifier the L1 text does not give ("about €1,229",
+"14건 이상"), and ``length`` a rewrite with more than one sentence beyond the L1 text's.
 
 The rules are conservative on purpose: a false positive costs a customer the nicer wording (the L1 text is shown),
 a false negative puts a forbidden claim in front of them. ``ple_platform/core/reasons_llm/data/reason_gate_cases.json`` holds
@@ -46,6 +54,7 @@ from typing import Any
 
 from ple_platform.core.data.schema import INVESTMENT_PRODUCTS, PRODUCTS
 from ple_platform.core.recommend.glossary import PRODUCT_LABELS
+from ple_platform.core.reasons_llm.grounding import product_names, ungrounded_words
 from ple_platform.core.reasons_llm.l1 import L1Reason
 
 RULES: dict[str, str] = {
@@ -69,6 +78,7 @@ RULES: dict[str, str] = {
     "honorific": "Korean text is not in the polite honorific register",
     "injection_echo": "echoes instructions, prompts, AI/meta talk or asks for credentials or transfers",
     "fact_drift": "departs from the L1 facts (lost number, flipped negation or dropped product)",
+    "ungrounded_wording": "uses words that are neither in the L1 facts, the product's names nor the neutral vocabulary",
 }
 
 # Products deposit insurance covers (예금자보호법): deposits, savings and account products.
@@ -124,6 +134,10 @@ _GUARANTEED = _rx(
     r"손해\s*(?:를|가|는)?\s*(?:보지\s*않|볼\s*일|없|절대)",
     r"무위험|위험\s*(?:이|은)?\s*(?:전혀\s*)?없|안전\s*100|100\s*%\s*안전|절대\s*(?:손해|손실|안전)",
     r"(?:반드시|무조건|틀림없이)\s*(?:수익|이익|오릅|오를|벌|불어)",
+    # Reliability words the grounding vocabulary allows for the customer's activity are a claim next to money.
+    r"\b(?:regular(?:ly)?|steady|stable|reliable|dependable|predictable|consistent)\s+(?:\w+\s+)?(?:income|payouts?|"
+    r"returns?|interest|earnings|yields?)\b",
+    r"(?:꾸준|안정|일정|규칙)[가-힣]*\s*(?:소득|수입|연금|이자|수익|배당)",
 )
 _PRESSURE = _rx(
     r"\bact\s+(?:now|fast|quickly|today)\b", r"\bright\s+now\b", r"\btoday\s+only\b", r"\bonly\s+today\b",
@@ -177,6 +191,15 @@ _NUMBER_WORDS = _rx(
     r"(?<![가-힣])(?:[일이삼사오육칠팔구]?[십백천]+|[일이삼사오육칠팔구십백천]*[만억])\s*(?:원|유로|퍼센트|%|개월|일\b|년)",
     r"(?:두|세|네|다섯|열)\s*배", r"절반",
 )
+# Qualifiers that turn a grounded number into a different fact (an approximation, a bound).
+_QUALIFIED_NUMBER = {
+    "en": (re.compile(r"(?P<q>\b(?:about|around|roughly|approximately|nearly|almost|more\s+than|less\s+than|fewer\s+than|"
+                      r"under|at\s+least|at\s+most|(?<!adding\s)(?<!adds\s)(?<!added\s)up\s+to|close\s+to|upwards\s+of|just\s+(?:over|under)|some|"
+                      r"over\s+(?=[€$£₩]))\s*)[€$£₩]?\s?\d", I),),
+    "ko": (re.compile(r"(?P<q>(?<![가-힣])(?:약|대략|거의|최소|적어도|무려)\s*)[€$£₩]?\s?\d"),
+           re.compile(r"\d[\d,.]*\s*(?:%|[가-힣]{0,2})\s*(?P<q>(?:이상|이하|미만|초과|넘게|넘는|가량|정도|안팎|남짓|내외|가까이))")),
+}
+MAX_EXTRA_SENTENCES = 1  # a rewrite restates the L1 sentences; one more (a bridge to the product) at most
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _RRN = re.compile(r"(?<!\d)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\s?-?\s?[1-8]\d{6}(?!\d)")
 _PHONE = _rx(
@@ -378,6 +401,10 @@ def _ko_sentences(text: str) -> Iterable[str]:
             yield s
 
 
+def _sentence_count(text: str) -> int:
+    return len([s for s in re.split(r"(?<=[.!?。])\s+", text.strip()) if re.search(r"\w", s)])
+
+
 def check(candidate: str, l1: L1Reason, *, has_suitability_profile: bool | None = None) -> Verdict:
     """Run every deterministic rule on ``candidate``, a rewrite of ``l1``; the verdict lists every rule it broke.
 
@@ -431,6 +458,9 @@ def check(candidate: str, l1: L1Reason, *, has_suitability_profile: bool | None 
     allowed = set(_numbers(l1_text))
     stray = [n for n in _numbers(scrubbed) if n not in allowed]
     words = [m.group(0) for m in _NUMBER_WORDS.finditer(scrubbed) if m.group(0).lower() not in l1_lower]
+    # A grounded number with a qualifier the L1 text does not give ("about €1,229", "14건 이상") is another fact.
+    words += [m.group(0).strip() for rx in _QUALIFIED_NUMBER[l1.lang] for m in rx.finditer(scrubbed)
+              if m.group("q").lower() not in l1_lower]
     if stray or words:
         hit("ungrounded_number", ", ".join(stray + words))
 
@@ -467,8 +497,11 @@ def check(candidate: str, l1: L1Reason, *, has_suitability_profile: bool | None 
             hit("mixed_script", f"other scripts {sorted(set(foreign) | ({'HANGUL'} if hangul else set()))}")
 
     max_chars = max(MAX_CHARS_FLOOR, int(1.5 * len(l1_text)))
+    n_sentences, l1_sentences = _sentence_count(body), _sentence_count(l1_text)
     if not MIN_CHARS <= len(text) <= max_chars:
         hit("length", f"{len(text)} characters (allowed {MIN_CHARS}-{max_chars})")
+    elif n_sentences > l1_sentences + MAX_EXTRA_SENTENCES:
+        hit("length", f"{n_sentences} sentences (the L1 text has {l1_sentences}; at most {MAX_EXTRA_SENTENCES} more)")
     fm = _FORMAT.search(raw.strip()) or _EMOJI.search(raw)
     if fm:
         hit("format", repr(fm.group(0)))
@@ -490,13 +523,21 @@ def check(candidate: str, l1: L1Reason, *, has_suitability_profile: bool | None 
     if lost:
         drift.append(f"lost numbers {lost}")
     neg = _NEGATION[l1.lang]
-    if bool(neg.search(l1_text)) != bool(neg.search(body)):
-        drift.append("negation " + ("dropped" if neg.search(l1_text) else "added"))
+    n_neg_l1, n_neg = len(neg.findall(l1_text)), len(neg.findall(body))
+    if bool(n_neg_l1) != bool(n_neg):
+        drift.append("negation " + ("dropped" if n_neg_l1 else "added"))
+    elif n_neg > n_neg_l1:
+        drift.append(f"{n_neg} negations where the L1 text has {n_neg_l1}")
     names_product = any(l1.product in p for _, p in _product_mentions(l1_text))
     if names_product and not any(l1.product in p for _, p in _product_mentions(body)):
         drift.append(f"recommended product {l1.label!r} no longer named")
     if drift:
         hit("fact_drift", "; ".join(drift))
+
+    names = product_names(l1.product, l1.lang, l1.label, _GENERIC_TERMS)
+    loose = ungrounded_words(body, l1.lang, l1_text, tuple(normalise(f) for f in l1.facts), names)
+    if loose:
+        hit("ungrounded_wording", ", ".join(loose))
 
     return Verdict(not hits, tuple(hits))
 
