@@ -134,6 +134,12 @@ _GUARANTEED = _rx(
     r"손해\s*(?:를|가|는)?\s*(?:보지\s*않|볼\s*일|없|절대)",
     r"무위험|위험\s*(?:이|은)?\s*(?:전혀\s*)?없|안전\s*100|100\s*%\s*안전|절대\s*(?:손해|손실|안전)",
     r"(?:반드시|무조건|틀림없이)\s*(?:수익|이익|오릅|오를|벌|불어)",
+    r"\b(?:can(?:not|'t|\s+not)|won'?t|will\s+not|never|does\s+not|doesn'?t)\s+(?:\w+\s+)?(?:go\s+down|fall|drop|"
+    r"decline|decrease|shrink|lose\s+value)\b", r"\bno\s+matter\s+(?:what|how)\b[^.!?]{0,30}\b(?:markets?|economy|rates?|"
+    r"happens|prices?)\b", r"\b(?:income|returns?|payouts?|money|payments?)\s+(?:that\s+)?you\s+can\s+(?:count|rely|depend|bank)"
+    r"\s+on\b", r"\bno\s+need\s+to\s+worry\b|\bnothing\s+to\s+worry\b|\bworry[- ]free\b|\bnever\s+(?:have|need)\s+to\s+worry",
+    r"원금\s*(?:이|을|은|도)?\s*(?:그대로|유지|변함|지켜|지킬)", r"시장\s*(?:이|은)?\s*(?:흔들|떨어|하락|폭락|출렁)[^.!?]{0,10}(?:도|더라도)",
+    r"걱정\s*(?:하실|할|하지\s*않으셔도\s*될)\s*필요\s*(?:가|는|도)?\s*없|걱정\s*(?:없이|마세요|하지\s*마)",
     # Reliability words the grounding vocabulary allows for the customer's activity are a claim next to money.
     r"\b(?:regular(?:ly)?|steady|stable|reliable|dependable|predictable|consistent)\s+(?:\w+\s+)?(?:income|payouts?|"
     r"returns?|interest|earnings|yields?)\b",
@@ -159,6 +165,8 @@ _PRESSURE = _rx(
     r"신청하실\s*수\s*없", r"기한|마감|곧\s*종료|종료\s*예정|얼마\s*남지",
     r"\b(?:filling|selling|going)\s+(?:up\s+)?fast\b", r"\b(?:spaces|places|spots|slots)\b[^.!?]{0,20}\b(?:limited|filling|"
     r"running\s+out|left)\b", r"오늘\s*(?:안에|중에|중으로)", r"곧\s*(?:끝나|종료|마감|사라)",
+    r"\b(?:won'?t|will\s+not|isn'?t\s+going\s+to)\s+(?:be\s+)?(?:around|available|last|here|on\s+offer)\s+(?:for\s+)?"
+    r"(?:long|forever|much\s+longer)\b", r"\bwhile\s+it\s+lasts\b",
 )
 _SUPERLATIVE = _rx(
     r"\bbest\b", r"\bgreatest\b", r"\bhighest\b", r"\blowest\b", r"\bcheapest\b", r"\bunbeatable\b", r"\bunmatched\b",
@@ -178,6 +186,9 @@ _SUPERLATIVE = _rx(
     r"\bleading\b",
     r"더할\s*나위\s*없", r"비교할\s*수\s*없", r"따라올\s*(?:수|상품)", r"으뜸", r"탁월", r"최강", r"유일", r"꼭\s*필요한",
     r"(?:강력|적극)\s*추천", r"가장\s*현명",
+    r"\bfinest\b", r"\bpremier\b", r"\bforemost\b", r"\bworld[- ]class\b", r"\baward[- ]winning\b",
+    r"\brated\s+(?:the\s+)?(?:best|top|finest|first|highest|number)", r"\bin\s+the\s+(?:country|world|nation|market)\b",
+    r"최상급|누구나\s*만족",
 )
 # A superlative that restates one the L1 text already uses ("가장 큰 결제" for L1's "최대 결제 금액") is grounded.
 _SUPERLATIVE_SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -265,7 +276,8 @@ _INJECTION = _rx(
     r"\b(?:checks?|rules?|guidelines?|filters?|compliance|safeguards?)\s+(?:were|was|are|is|have\s+been|has\s+been)\s+"
     r"(?:skipped|disabled|bypassed|ignored|turned\s+off|removed)", r"\b(?:bypass|override|skip)\w*\s+(?:the\s+)?(?:checks?|"
     r"rules?|filters?|safety|compliance)", r"\bper\s+(?:the\s+)?(?:developer|admin|operator|system)", r"\(note:",
-    r"\bnote\s+to\b",
+    r"\bnote\s+to\b", r"\bas\s+(?:you\s+)?requested\b", r"\b(?:rewritten|rephrased|reworded)\b",
+    r"\bin\s+a\s+(?:\w+\s+)?tone\b", r"(?:검사|검증|심사|필터|규칙)\s*(?:를|을)?\s*(?:통과|피하)", r"표현\s*(?:을|를)?\s*(?:조정|수정|바꾸|다듬)",
     r"(?:규칙|지침|원칙)\s*(?:은|을|를)?\s*(?:적용하지|무시|따르지)", r"(?:검사|검증|심사|필터)\s*(?:를|을|는)?\s*(?:생략|건너|우회|끄)",
     r"(?:개발자|관리자|운영자)\s*(?:의\s*)?(?:요청|지시)",
     r"이전\s*(?:의\s*)?(?:지시|명령|지침)", r"(?:지시|명령|지침)\s*(?:사항)?\s*(?:을|를)?\s*무시", r"무시하고", r"프롬프트",
@@ -296,7 +308,8 @@ _GENERIC_TERMS: dict[str, tuple[str, ...]] = {
     "etf": ("funds", "securities"), "insurance": (), "derivative": ("derivative",), "crypto": (), "bitcoin": (),
     "overdraft": (), "credit line": ("loans",), "line of credit": ("loans",), "annuity": ("pension_plan",),
     "mutual fund": ("funds",), "brokerage": ("securities",), "reit": ("funds",), "els": (), "dls": (), "elf": (),
-    "isa": (), "irp": ("pension_plan",), "leasing": (),
+    "isa": (), "irp": ("pension_plan",), "leasing": (), "buy-now-pay-later": (), "buy now pay later": (), "bnpl": (),
+    "instalment plan": (), "installment plan": (), "gold": (),
     "payroll": ("payroll_account", "payroll"), "salary": ("payroll_account", "payroll"),
     "주택담보대출": ("mortgage",), "주택 담보 대출": ("mortgage",), "대출": ("loans", "mortgage"),
     "신용대출": ("loans",), "신용카드": ("credit_card",), "체크카드": ("e_account", "current_account"),
@@ -305,7 +318,8 @@ _GENERIC_TERMS: dict[str, tuple[str, ...]] = {
     "정기예금": ("short_deposit", "medium_deposit", "long_deposit"), "적금": ("saving",), "저축": ("saving",),
     "증권": ("securities",), "주식": ("securities",), "채권": ("securities",), "보험": (), "파생상품": ("derivative",),
     "코인": (), "가상자산": (), "비트코인": (), "마이너스 통장": (), "카드론": (), "현금서비스": (), "리츠": ("funds",),
-    "퇴직연금": ("pension_plan",), "청약": (), "외화": (), "급여": ("payroll_account", "payroll"), "세금": ("taxes",),
+    "퇴직연금": ("pension_plan",), "청약": (), "외화": (), "금 투자": (), "금투자": (), "금 통장": (),
+    "금통장": (), "골드": (), "할부": (), "급여": ("payroll_account", "payroll"), "세금": ("taxes",),
 }
 
 
@@ -321,7 +335,8 @@ def _product_terms() -> dict[str, frozenset[str]]:
 
 _PRODUCT_TERMS = _product_terms()
 _PRODUCT_RX = re.compile(
-    "|".join(rf"(?<![A-Za-z0-9-]){re.escape(t)}(?:s|es)?(?![A-Za-z0-9-])" if t.isascii() else rf"(?<!누){re.escape(t)}"
+    "|".join(rf"(?<![A-Za-z0-9-]){re.escape(t)}(?:s|es)?(?![A-Za-z0-9-])" if t.isascii()
+             else rf"(?<![가-힣]){re.escape(t)}" if t.startswith("금") else rf"(?<!누){re.escape(t)}"
              for t in sorted(_PRODUCT_TERMS, key=len, reverse=True)), I)
 
 
