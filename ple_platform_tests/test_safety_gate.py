@@ -159,6 +159,9 @@ def test_grounding_matches_word_forms_and_korean_endings():
     # An "=" entry is one exact form: "counted" (the model's weight), never "count on".
     assert ungrounded_words("It counted most.", "en", "Text.", (), []) == []
     assert ungrounded_words("Income you can count on.", "en", "Text.", (), []) == ["income", "count"]
+    # A "_" entry is one exact phrase: "of interest" (attention), never "interest" alone (a rate).
+    assert ungrounded_words("It may be of interest; it may interest you.", "en", "Text.", (), []) == []
+    assert ungrounded_words("It pays interest.", "en", "Text.", (), []) == ["interest"]
 
 
 def test_the_vocabulary_is_small_documented_and_free_of_claim_words():

@@ -17,7 +17,8 @@ fails with ``ungrounded_wording`` and names the words.
 
 Matching. English: lowercased letter runs after contractions are expanded ("don't" → "do not"), compared through a
 lemma-ish set of forms (plural, past, -ing, -ly stripped; a short table of irregular verbs), so "payments" matches
-"payment" and "held" matches "hold". An entry written ``=word`` matches that exact form only. Korean: Hangul words
+"payment" and "held" matches "hold". An entry written ``=word`` matches that exact form only, ``=of_interest`` that exact phrase
+only ("interest" alone reads as a rate). Korean: Hangul words
 are compared as character bigrams — each adjacent syllable pair of a candidate word must occur inside some word of
 (a)-(c) — so grounded stems may take any ending the vocabulary's ending list or the L1 text shows; a one-syllable
 word must itself be a word of (a)-(c). Latin words in a Korean rewrite must occur in the L1 text.
@@ -134,9 +135,12 @@ class _Allowed:
         self.bigrams: set[str] = set()
         self.words: set[str] = set()
         self.latin: set[str] = set()
+        self.phrases: list[re.Pattern[str]] = []
         if lang == "en":
             for w in vocab_words:
-                if w.startswith("="):
+                if w.startswith("=") and "_" in w:
+                    self.phrases.append(re.compile(r"\b" + r"\s+".join(map(re.escape, w[1:].lower().split("_"))) + r"\b"))
+                elif w.startswith("="):
                     self.exact.add(w[1:].lower())
                 else:
                     for part in en_words(w):
@@ -155,6 +159,9 @@ class _Allowed:
     def ungrounded(self, text: str) -> list[str]:
         bad: list[str] = []
         if self.lang == "en":
+            text = text.lower()
+            for phrase in self.phrases:
+                text = phrase.sub(" ", text)
             for w in en_words(text):
                 if w not in self.exact and not (en_forms(w) & self.forms):
                     bad.append(w)
