@@ -127,15 +127,16 @@ def vocabulary(path: Path | str = VOCAB_PATH) -> dict[str, Any]:
 class _Allowed:
     """What one L1 reason grounds, in one language: English forms / exact words, or Korean bigrams and words."""
 
-    def __init__(self, lang: str, sources: list[str], vocab_words: list[str], endings: frozenset[str] = frozenset()):
+    def __init__(self, lang: str, sources: list[str], vocab_words: list[str], endings: frozenset[str] = frozenset(),
+                 base: "_Allowed | None" = None):
         self.lang = lang
         self.endings = endings
-        self.forms: set[str] = set()
-        self.exact: set[str] = set()
-        self.bigrams: set[str] = set()
-        self.words: set[str] = set()
+        self.forms: set[str] = set(base.forms) if base else set()
+        self.exact: set[str] = set(base.exact) if base else set()
+        self.bigrams: set[str] = set(base.bigrams) if base else set()
+        self.words: set[str] = set(base.words) if base else set()
         self.latin: set[str] = set()
-        self.phrases: list[re.Pattern[str]] = []
+        self.phrases: list[re.Pattern[str]] = list(base.phrases) if base else []
         if lang == "en":
             for w in vocab_words:
                 if w.startswith("=") and "_" in w:
@@ -182,11 +183,18 @@ class _Allowed:
                    for i in range(1, len(word)))
 
 
+@lru_cache(maxsize=4)
+def _vocabulary_allowed(lang: str, path: Path | str) -> _Allowed:
+    """The neutral vocabulary's part of the allowed set, built once per language."""
+    vocab = vocabulary(path)
+    return _Allowed(lang, [], vocab[lang], vocab["ko_endings"])
+
+
 def ungrounded_words(candidate: str, lang: str, l1_text: str, facts: tuple[str, ...], product_names: list[str],
                      *, path: Path | str = VOCAB_PATH) -> list[str]:
     """The candidate's words that neither the L1 reason, the product's names nor the neutral vocabulary ground."""
-    vocab = vocabulary(path)
-    allowed = _Allowed(lang, [l1_text, *facts, *product_names], vocab[lang], vocab["ko_endings"])
+    base = _vocabulary_allowed(lang, path)
+    allowed = _Allowed(lang, [l1_text, *facts, *product_names], [], base.endings, base=base)
     return allowed.ungrounded(candidate)
 
 
