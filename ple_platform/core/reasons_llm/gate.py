@@ -139,6 +139,9 @@ _GUARANTEED = _rx(
     r"happens|prices?)\b", r"\b(?:income|returns?|payouts?|money|payments?)\s+(?:that\s+)?you\s+can\s+(?:count|rely|depend|bank)"
     r"\s+on\b", r"\bno\s+need\s+to\s+worry\b|\bnothing\s+to\s+worry\b|\bworry[- ]free\b|\bnever\s+(?:have|need)\s+to\s+worry",
     r"원금\s*(?:이|을|은|도)?\s*(?:그대로|유지|변함|지켜|지킬)", r"시장\s*(?:이|은)?\s*(?:흔들|떨어|하락|폭락|출렁)[^.!?]{0,10}(?:도|더라도)",
+    r"\bwhatever\s+happens\b", r"\b(?:shielded|sheltered|insulated)\b", r"\bnever\s+(?:had|seen|produced|made|suffered|"
+    r"recorded|shown)\s+(?:a\s+)?(?:bad|losing|negative|down)\s+(?:year|month|quarter|day)",
+    r"손해\s*(?:를|는)?\s*(?:보실|보시는|볼)\s*일",
     r"걱정\s*(?:하실|할|하지\s*않으셔도\s*될)\s*필요\s*(?:가|는|도)?\s*없|걱정\s*(?:없이|마세요|하지\s*마)",
     # Reliability words the grounding vocabulary allows for the customer's activity are a claim next to money.
     r"\b(?:regular(?:ly)?|steady|stable|reliable|dependable|predictable|consistent)\s+(?:\w+\s+)?(?:income|payouts?|"
@@ -151,7 +154,7 @@ _PRESSURE = _rx(
     r"\blast\s+chance\b", r"\bbefore\s+it'?s\s+too\s+late\b", r"\b(?:expires?|ends?|closing)\s+soon\b",
     r"\bonly\s+\w+\s+(?:left|remaining)\b", r"\bwhile\s+(?:stocks?|supplies|places)\s+last", r"\bimmediately\b",
     r"\bnow\s+or\s+never\b", r"\byou\s+(?:must|have\s+to|need\s+to)\s+(?:open|sign|apply|act|buy|invest|join|"
-    r"switch|take)", r"\b(?:sign\s+up|apply|open\s+(?:it|one|yours)|join)\s+(?:now|today)\b",
+    r"switch|take)", r"\b(?:sign\s+up|apply|open\s+(?:it|one|yours)|join)\s+(?:now|today|this\s+(?:week|weekend|month))\b",
     r"\btime\s+is\s+running\s+out\b", r"\bexclusive\s+offer\b", r"\bbefore\s+(?:it'?s\s+gone|the\s+offer\s+ends)",
     r"지금\s*(?:바로|당장|즉시)", r"서두르|서둘러", r"놓치지|놓치면|놓치시", r"마감\s*(?:임박|직전)|곧\s*마감",
     r"오늘\s*(?:만|까지만)", r"한정\s*(?:판매|기간|수량|특가)|기간\s*한정", r"즉시\s*가입|반드시\s*가입",
@@ -167,6 +170,7 @@ _PRESSURE = _rx(
     r"running\s+out|left)\b", r"오늘\s*(?:안에|중에|중으로)", r"곧\s*(?:끝나|종료|마감|사라)",
     r"\b(?:won'?t|will\s+not|isn'?t\s+going\s+to)\s+(?:be\s+)?(?:around|available|last|here|on\s+offer)\s+(?:for\s+)?"
     r"(?:long|forever|much\s+longer)\b", r"\bwhile\s+it\s+lasts\b",
+    r"(?:이번\s*주|이번\s*달|주말|오늘|내일)\s*(?:안에|내에|중에|중으로|까지)\s*(?:신청|가입|개설)",
 )
 _SUPERLATIVE = _rx(
     r"\bbest\b", r"\bgreatest\b", r"\bhighest\b", r"\blowest\b", r"\bcheapest\b", r"\bunbeatable\b", r"\bunmatched\b",
@@ -184,7 +188,7 @@ _SUPERLATIVE = _rx(
     r"\bthe\s+only\s+(?:choice|option|product|card|account)\b", r"\bmust[- ]have\b", r"\bexcellent\b",
     r"\bfantastic\b", r"\bsuperb\b", r"\bunmissable\b", r"\btop\s+(?:choice|pick|option|product|deal)\b",
     r"\bleading\b",
-    r"더할\s*나위\s*없", r"비교할\s*수\s*없", r"따라올\s*(?:수|상품)", r"으뜸", r"탁월", r"최강", r"유일", r"꼭\s*필요한",
+    r"더할\s*나위\s*없", r"비교할\s*수\s*없", r"따라올\s*(?:수|상품|곳|데)", r"으뜸", r"탁월", r"최강", r"유일", r"꼭\s*필요한",
     r"(?:강력|적극)\s*추천", r"가장\s*현명",
     r"\bfinest\b", r"\bpremier\b", r"\bforemost\b", r"\bworld[- ]class\b", r"\baward[- ]winning\b",
     r"\brated\s+(?:the\s+)?(?:best|top|finest|first|highest|number)", r"\bin\s+the\s+(?:country|world|nation|market)\b",
@@ -250,7 +254,7 @@ _PROTECTED = _rx(
     r"(?:parent|mother|father)|sexual\s+orientation|gay|lesbian|elderly|seniors?|senior\s+citizens?|retirees?|"
     r"young\s+(?:people|customers|adults)|millennials?|immigrants?|foreigners?|health\s+condition|illness|caste)\b",
     r"나이|연령|성별|남성|여성|남자|여자|종교|인종|민족|국적|장애|임신|출산|결혼|기혼|미혼|이혼|혼인|노인|고령|어르신|"
-    r"젊은\s*(?:분|고객|층)|청년층|노년|외국인|\d+\s*세\s*(?:이상|이하|미만)|\d+대\s*(?:고객|남성|여성|분)|건강\s*상태|성적\s*지향",
+    r"젊은\s*(?:분|고객|층)|청년층|노년|외국인|신혼|부부|배우자|\d+\s*세\s*(?:이상|이하|미만)|\d+대\s*(?:고객|남성|여성|분)|건강\s*상태|성적\s*지향",
 )
 _FORMAT = _rx(
     r"\*\*|__|`", r"^\s*(?:#{1,6}\s|[-*•]\s|\d+[.)]\s)", r"<[a-zA-Z/][^>]*>", r"https?://|www\.", r"\n", r"!!",
@@ -276,7 +280,8 @@ _INJECTION = _rx(
     r"\b(?:checks?|rules?|guidelines?|filters?|compliance|safeguards?)\s+(?:were|was|are|is|have\s+been|has\s+been)\s+"
     r"(?:skipped|disabled|bypassed|ignored|turned\s+off|removed)", r"\b(?:bypass|override|skip)\w*\s+(?:the\s+)?(?:checks?|"
     r"rules?|filters?|safety|compliance)", r"\bper\s+(?:the\s+)?(?:developer|admin|operator|system)", r"\(note:",
-    r"\bnote\s+to\b", r"\bas\s+(?:you\s+)?requested\b", r"\b(?:rewritten|rephrased|reworded)\b",
+    r"\bnote\s+to\b", r"\blog[- ]?in\s+(?:details|credentials|information)", r"\busername\b", r"\bcredentials\b",
+    r"\breply\s+with\s+your\b", r"\bas\s+(?:you\s+)?requested\b", r"\b(?:rewritten|rephrased|reworded)\b",
     r"\bin\s+a\s+(?:\w+\s+)?tone\b", r"(?:검사|검증|심사|필터|규칙)\s*(?:를|을)?\s*(?:통과|피하)", r"표현\s*(?:을|를)?\s*(?:조정|수정|바꾸|다듬)",
     r"(?:규칙|지침|원칙)\s*(?:은|을|를)?\s*(?:적용하지|무시|따르지)", r"(?:검사|검증|심사|필터)\s*(?:를|을|는)?\s*(?:생략|건너|우회|끄)",
     r"(?:개발자|관리자|운영자)\s*(?:의\s*)?(?:요청|지시)",

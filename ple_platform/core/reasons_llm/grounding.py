@@ -16,12 +16,14 @@ friendlier tone as requested"). The rule does not have to know the paraphrase; i
 fails with ``ungrounded_wording`` and names the words.
 
 Matching. English: lowercased letter runs after contractions are expanded ("don't" → "do not"), compared through a
-lemma-ish set of forms (plural, past, -ing, -ly stripped; a short table of irregular verbs), so "payments" matches
-"payment" and "held" matches "hold". An entry written ``=word`` matches that exact form only, ``=of_interest`` that exact phrase
-only ("interest" alone reads as a rate). Korean: Hangul words
-are compared as character bigrams — each adjacent syllable pair of a candidate word must occur inside some word of
-(a)-(c) — so grounded stems may take any ending the vocabulary's ending list or the L1 text shows; a one-syllable
-word must itself be a word of (a)-(c). Latin words in a Korean rewrite must occur in the L1 text.
+lemma-ish set of forms (plural, past, -ing, -er, -ly stripped; a short table of irregular verbs), so "payments"
+matches "payment", "clearer" "clear" and "held" "hold". An entry written ``=word`` matches that exact form only,
+``=of_interest`` that exact phrase only ("interest" alone reads as a rate). Korean: Hangul words are compared as
+character bigrams — a word passes if each adjacent syllable pair occurs inside some word of (a)-(c), or if it is
+a grounded stem followed by up to three stacked entries of the fixed particle/ending list (``ko_endings``:
+카드 + 로, 결제하 + 셨 + 네요) or by another grounded piece (투자 + 상품); the pair across each joint is the only one
+not checked. A one-syllable stem must itself be a word of (a)-(c) ("금" in "금 투자 상품" is not). Latin words in a
+Korean rewrite must occur in the L1 text.
 
 Limits: the vocabulary is small on purpose (≤ 400 entries per language), so a real model's clean rewrite will
 sometimes use a neutral word that is not on it; that costs the customer the nicer wording (the L1 text is shown),
@@ -49,7 +51,7 @@ _IRREGULAR = {"held": "hold", "paid": "pay", "spent": "spend", "made": "make", "
               "got": "get", "took": "take", "taken": "take", "came": "come", "saw": "see", "seen": "see",
               "meant": "mean", "had": "have", "has": "have", "did": "do", "done": "do", "does": "do",
               "was": "be", "were": "be", "been": "be", "is": "be", "are": "be", "am": "be", "being": "be",
-              "drove": "drive", "driven": "drive", "went": "go", "gone": "go", "lost": "lose", "won": "win", "grew": "grow", "grown": "grow"}
+              "drove": "drive", "driven": "drive", "built": "build", "went": "go", "gone": "go", "lost": "lose", "won": "win", "grew": "grow", "grown": "grow"}
 _EN_WORD = re.compile(r"[a-z]+")
 _HANGUL_WORD = re.compile(r"[가-힣]+")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
@@ -90,6 +92,10 @@ def en_forms(word: str) -> frozenset[str]:
             forms.update({w[:-3], w[:-3] + "e"})
             if w[-4] == w[-5]:
                 forms.add(w[:-4])  # "planning" -> "plan"
+        if w.endswith("er") and len(w) > 4:  # comparatives: "clearer" -> "clear", "simpler" -> "simple"
+            forms.update({w[:-2], w[:-1]})
+            if w.endswith("ier"):
+                forms.add(w[:-3] + "y")
         if w.endswith("ly") and len(w) > 4:
             forms.add(w[:-2])
             if w.endswith("ily"):
@@ -174,12 +180,19 @@ class _Allowed:
     def _ko_piece(self, piece: str) -> bool:
         return piece in self.words if len(piece) == 1 else ko_bigrams(piece) <= self.bigrams
 
+    def _ko_suffix(self, suffix: str, depth: int = 3) -> bool:
+        """Endings may stack (하 + 셨 + 네요): a suffix is one listed ending, or one followed by more."""
+        if suffix in self.endings:
+            return True
+        return depth > 1 and any(suffix[:i] in self.endings and self._ko_suffix(suffix[i:], depth - 1)
+                                 for i in range(1, len(suffix)))
+
     def _ko_word(self, word: str) -> bool:
-        """A grounded Korean word: grounded as a whole, or a grounded stem followed by an ending (or by a grounded
-        piece: 투자 + 상품), the bigram across the joint being the only one not checked."""
+        """A grounded Korean word: grounded as a whole, or a grounded stem followed by endings (up to three
+        stacked) or by a grounded piece (투자 + 상품); the bigram across each joint is the only one not checked."""
         if word in self.endings or self._ko_piece(word):
             return True
-        return any(self._ko_piece(word[:i]) and (word[i:] in self.endings or self._ko_piece(word[i:]))
+        return any(self._ko_piece(word[:i]) and (self._ko_suffix(word[i:]) or self._ko_piece(word[i:]))
                    for i in range(1, len(word)))
 
 
