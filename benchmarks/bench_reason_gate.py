@@ -3,8 +3,8 @@
     python benchmarks/bench_reason_gate.py                       # rules only (no key needed)
     ANTHROPIC_API_KEY=... PLE_LLM_MODEL=... python benchmarks/bench_reason_gate.py --judge 3 --split holdout
 
-Reads ple_platform/core/reasons_llm/data/reason_gate_cases.json (or ``--cases FILE``, e.g. a new holdout). For each split:
-recall on violations (the expected rule id reported, and any failure at all) and the false-positive rate on clean
+Reads ple_platform/core/reasons_llm/data/reason_gate_cases.json (or ``--cases FILE``, e.g. a new holdout). For each
+split: recall on violations (the expected rule id reported, and any failure at all) and the false-positive rate on clean
 rewrites; a split without cases is named, not scored. With ``--judge N`` every case
 the rules pass goes to the N-vote judge (``core/reasons_llm/judge.py``) — real model calls, so this is the way to
 measure what the judge adds on the holdout (the test suite never calls a real model). ``--limit`` caps the cases

@@ -179,6 +179,22 @@ def test_the_vocabulary_is_small_documented_and_free_of_claim_words():
                 "금리"} & set(vocab["ko"])
 
 
+def test_a_vocabulary_over_its_limit_or_without_reasons_is_refused(tmp_path):
+    from ple_platform.core.reasons_llm.grounding import MAX_PER_LANG, VOCAB_PATH, VocabularyError, vocabulary
+    doc = json.loads(VOCAB_PATH.read_text())
+    big = tmp_path / "big.json"
+    words = [f"w{i}" for i in range(MAX_PER_LANG + 1)]
+    big.write_text(json.dumps({**doc, "en": [{"group": "g", "why": "w", "words": words}]}))
+    with pytest.raises(VocabularyError, match="more than 400"):
+        vocabulary(big)
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps({**doc, "ko": [{"group": "g", "why": "", "words": ["은행"]}]}))
+    with pytest.raises(VocabularyError, match="needs its 'why'"):
+        vocabulary(bare)
+    with pytest.raises(VocabularyError, match="cannot read"):
+        vocabulary(tmp_path / "absent.json")
+
+
 def test_numbers_keep_their_qualifiers_and_negations_their_count():
     v = check(EN_CLEAN.replace("You spent €1,229", "You spent about €1,229"), EN_L1)
     assert "ungrounded_number" in v.rule_ids

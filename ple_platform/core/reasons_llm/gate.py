@@ -135,9 +135,11 @@ _GUARANTEED = _rx(
     r"무위험|위험\s*(?:이|은)?\s*(?:전혀\s*)?없|안전\s*100|100\s*%\s*안전|절대\s*(?:손해|손실|안전)",
     r"(?:반드시|무조건|틀림없이)\s*(?:수익|이익|오릅|오를|벌|불어)",
     r"\b(?:can(?:not|'t|\s+not)|won'?t|will\s+not|never|does\s+not|doesn'?t)\s+(?:\w+\s+)?(?:go\s+down|fall|drop|"
-    r"decline|decrease|shrink|lose\s+value)\b", r"\bno\s+matter\s+(?:what|how)\b[^.!?]{0,30}\b(?:markets?|economy|rates?|"
-    r"happens|prices?)\b", r"\b(?:income|returns?|payouts?|money|payments?)\s+(?:that\s+)?you\s+can\s+(?:count|rely|depend|bank)"
-    r"\s+on\b", r"\bno\s+need\s+to\s+worry\b|\bnothing\s+to\s+worry\b|\bworry[- ]free\b|\bnever\s+(?:have|need)\s+to\s+worry",
+    r"decline|decrease|shrink|lose\s+value)\b",
+    r"\bno\s+matter\s+(?:what|how)\b[^.!?]{0,30}\b(?:markets?|economy|rates?|happens|prices?)\b",
+    r"\b(?:income|returns?|payouts?|money|payments?)\s+(?:that\s+)?you\s+can\s+(?:count|rely|depend|bank)\s+on\b",
+    r"\bno\s+need\s+to\s+worry\b|\bnothing\s+to\s+worry\b|\bworry[- ]free\b",
+    r"\bnever\s+(?:have|need)\s+to\s+worry",
     r"원금\s*(?:이|을|은|도)?\s*(?:그대로|유지|변함|지켜|지킬)", r"시장\s*(?:이|은)?\s*(?:흔들|떨어|하락|폭락|출렁)[^.!?]{0,10}(?:도|더라도)",
     r"\bwhatever\s+happens\b", r"\b(?:shielded|sheltered|insulated)\b", r"\bnever\s+(?:had|seen|produced|made|suffered|"
     r"recorded|shown)\s+(?:a\s+)?(?:bad|losing|negative|down)\s+(?:year|month|quarter|day)",
@@ -154,7 +156,8 @@ _PRESSURE = _rx(
     r"\blast\s+chance\b", r"\bbefore\s+it'?s\s+too\s+late\b", r"\b(?:expires?|ends?|closing)\s+soon\b",
     r"\bonly\s+\w+\s+(?:left|remaining)\b", r"\bwhile\s+(?:stocks?|supplies|places)\s+last", r"\bimmediately\b",
     r"\bnow\s+or\s+never\b", r"\byou\s+(?:must|have\s+to|need\s+to)\s+(?:open|sign|apply|act|buy|invest|join|"
-    r"switch|take)", r"\b(?:sign\s+up|apply|open\s+(?:it|one|yours)|join)\s+(?:now|today|this\s+(?:week|weekend|month))\b",
+    r"switch|take)", r"\b(?:sign\s+up|apply|open\s+(?:it|one|yours)|join)\s+"
+    r"(?:now|today|this\s+(?:week|weekend|month))\b",
     r"\btime\s+is\s+running\s+out\b", r"\bexclusive\s+offer\b", r"\bbefore\s+(?:it'?s\s+gone|the\s+offer\s+ends)",
     r"지금\s*(?:바로|당장|즉시)", r"서두르|서둘러", r"놓치지|놓치면|놓치시", r"마감\s*(?:임박|직전)|곧\s*마감",
     r"오늘\s*(?:만|까지만)", r"한정\s*(?:판매|기간|수량|특가)|기간\s*한정", r"즉시\s*가입|반드시\s*가입",
@@ -208,9 +211,9 @@ _NUMBER_WORDS = _rx(
 )
 # Qualifiers that turn a grounded number into a different fact (an approximation, a bound).
 _QUALIFIED_NUMBER = {
-    "en": (re.compile(r"(?P<q>\b(?:about|around|roughly|approximately|nearly|almost|more\s+than|less\s+than|fewer\s+than|"
-                      r"under|at\s+least|at\s+most|(?<!adding\s)(?<!adds\s)(?<!added\s)up\s+to|close\s+to|upwards\s+of|just\s+(?:over|under)|some|"
-                      r"over\s+(?=[€$£₩]))\s*)[€$£₩]?\s?\d", I),),
+    "en": (re.compile(r"(?P<q>\b(?:about|around|roughly|approximately|nearly|almost|more\s+than|less\s+than|"
+                      r"fewer\s+than|under|at\s+least|at\s+most|(?<!adding\s)(?<!adds\s)(?<!added\s)up\s+to|"
+                      r"close\s+to|upwards\s+of|just\s+(?:over|under)|some|over\s+(?=[€$£₩]))\s*)[€$£₩]?\s?\d", I),),
     "ko": (re.compile(r"(?P<q>(?<![가-힣])(?:약|대략|거의|최소|적어도|무려)\s*)[€$£₩]?\s?\d"),
            re.compile(r"\d[\d,.]*\s*(?:%|[가-힣]{0,2})\s*(?P<q>(?:이상|이하|미만|초과|넘게|넘는|가량|정도|안팎|남짓|내외|가까이))")),
 }

@@ -51,7 +51,8 @@ _IRREGULAR = {"held": "hold", "paid": "pay", "spent": "spend", "made": "make", "
               "got": "get", "took": "take", "taken": "take", "came": "come", "saw": "see", "seen": "see",
               "meant": "mean", "had": "have", "has": "have", "did": "do", "done": "do", "does": "do",
               "was": "be", "were": "be", "been": "be", "is": "be", "are": "be", "am": "be", "being": "be",
-              "drove": "drive", "driven": "drive", "built": "build", "went": "go", "gone": "go", "lost": "lose", "won": "win", "grew": "grow", "grown": "grow"}
+              "drove": "drive", "driven": "drive", "built": "build",
+              "went": "go", "gone": "go", "lost": "lose", "won": "win", "grew": "grow", "grown": "grow"}
 _EN_WORD = re.compile(r"[a-z]+")
 _HANGUL_WORD = re.compile(r"[가-힣]+")
 _LATIN_WORD = re.compile(r"[A-Za-z]+")
@@ -146,7 +147,8 @@ class _Allowed:
         if lang == "en":
             for w in vocab_words:
                 if w.startswith("=") and "_" in w:
-                    self.phrases.append(re.compile(r"\b" + r"\s+".join(map(re.escape, w[1:].lower().split("_"))) + r"\b"))
+                    words = map(re.escape, w[1:].lower().split("_"))
+                    self.phrases.append(re.compile(r"\b" + r"\s+".join(words) + r"\b"))
                 elif w.startswith("="):
                     self.exact.add(w[1:].lower())
                 else:
