@@ -3,8 +3,9 @@
     python benchmarks/bench_reason_gate.py                       # rules only (no key needed)
     ANTHROPIC_API_KEY=... PLE_LLM_MODEL=... python benchmarks/bench_reason_gate.py --judge 3 --split holdout
 
-Reads ple_platform/core/reasons_llm/data/reason_gate_cases.json. For each split: recall on violations (the expected rule id
-reported, and any failure at all) and the false-positive rate on clean rewrites. With ``--judge N`` every case
+Reads ple_platform/core/reasons_llm/data/reason_gate_cases.json (or ``--cases FILE``, e.g. a new holdout). For each
+split: recall on violations (the expected rule id reported, and any failure at all) and the false-positive rate on clean
+rewrites; a split without cases is named, not scored. With ``--judge N`` every case
 the rules pass goes to the N-vote judge (``core/reasons_llm/judge.py``) — real model calls, so this is the way to
 measure what the judge adds on the holdout (the test suite never calls a real model). ``--limit`` caps the cases
 per split to bound the cost.
@@ -30,18 +31,22 @@ def main() -> None:
     ap.add_argument("--judge", type=int, default=0, choices=(0, 1, 3, 5), help="judge votes (needs a key)")
     ap.add_argument("--split", choices=("dev", "holdout", "all"), default="all")
     ap.add_argument("--limit", type=int, default=0, help="at most this many cases per split (0 = all)")
+    ap.add_argument("--cases", type=Path, default=CASES, help="labelled cases file (default: the shipped set)")
     args = ap.parse_args()
     base = LLMConfig.from_env()
     if args.judge and not base.has_key:
         raise SystemExit("--judge needs ANTHROPIC_API_KEY (or PLE_LLM_API_KEY)")
     cfg = LLMConfig(**{**base.__dict__, "judge_votes": args.judge})
     client = make_client(cfg) if args.judge else None  # one client: building one per call costs ~0.5 s
-    cases = json.loads(CASES.read_text())["cases"]
+    cases = json.loads(args.cases.read_text())["cases"]
     splits = ("dev", "holdout") if args.split == "all" else (args.split,)
     for split in splits:
         chosen = [c for c in cases if c["split"] == split]
         if args.limit:
             chosen = chosen[:args.limit]
+        if not chosen:
+            print(f"{split:8} no cases (no live holdout: the last one was folded into dev)")
+            continue
         hit = caught = fp = n_v = n_c = 0
         t0 = time.perf_counter()
         for c in chosen:

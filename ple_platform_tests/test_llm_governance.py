@@ -46,14 +46,31 @@ def test_gate_control_reports_measured_figures_and_the_months_verdicts(audit):
     audit.append(AuditEvent.REASON_REWRITE, f"recommendation_rewrites/{MONTH}/r1",
                  {**rw("L1", "gate", ["pii_phone"]), "month": MONTH})
     c = gate_control(audit)
-    scored = evaluate()["splits"]
+    ev = evaluate()
+    scored = ev["splits"]
     assert c["facts"]["dev"]["recall"] == scored["dev"]["recall"] >= 0.98
-    assert c["facts"]["holdout"]["recall"] == scored["holdout"]["recall"] < 0.98  # the honest figure, shown
+    assert c["facts"]["dev"]["recall_any"] == scored["dev"]["recall_any"] >= 0.98
+    assert c["facts"]["holdout_history"] == ev["holdout_history"]  # frozen scores of earlier holdouts, as a record
     v = c["facts"]["month_verdicts"]
     assert (v["verdicts"], v["passed"], v["failed"]) == (4, 1, 2)
     assert v["failed_by_rule"] == {"pii_phone": 2, "pressure": 1} and v["fallbacks"] == {"gate": 2, "timeout": 1}
-    # An L2 text reached a customer after the rules alone, which miss ~40% of unseen violations: a failure.
+    # An L2 text reached a customer after the rules alone, whose recall on unseen wording is unmeasured (no live
+    # holdout) or below the goal: a failure.
     assert c["status"] == "fail" and "turn the LLM judge on" in c["detail"][0]
+    if scored["holdout"] is None:
+        assert c["facts"]["holdout"] is None and "no live holdout" in c["detail"][0]
+
+
+def test_gate_control_reads_unseen_wording_recall_on_any_rule(audit):
+    serve(audit, rewrites=[rw("L2")])
+    evaluation = evaluate()
+    figures = {"n_violation": 24, "n_clean": 16, "fpr": 0.0}
+    for recall_any, status in ((0.6, "fail"), (1.0, "live")):
+        evaluation["splits"]["holdout"] = {**figures, "recall": 0.58, "recall_any": recall_any}
+        ev = ReportEvidence(reason_gate={"evaluation": evaluation, "month_verdicts": rewrite_verdicts(audit, MONTH)})
+        c = evaluate_control(BY_ID["FSS-LLM-01"], ev)
+        assert c["status"] == status, c["detail"]
+        assert c["facts"]["holdout"]["recall_any"] == recall_any
 
 
 def test_gate_control_without_verdicts_is_missing_never_live(audit):

@@ -5,6 +5,12 @@ rewrites) has two splits: ``dev``, the cases the rules were written against, and
 rules were frozen and never used to tune them — the honest figure for unseen wording. The test suite and the
 compliance report both score it with ``evaluate`` on the code that is running, so the report never restates a
 figure measured on other code.
+
+Two recalls per split: ``recall`` (the violation's expected rule id was reported — the diagnostic: the right rule
+names the problem) and ``recall_any`` (some rule failed it — what protects the customer, since any failure shows
+the L1 text instead). A holdout is folded into dev once rules change because of its misses; until the next one is
+written the set has no live holdout and ``evaluate`` reports ``holdout: None`` (unknown, never a pass), next to
+``HOLDOUT_HISTORY``: each holdout's score on the rules frozen before it was seen, a record, not a live figure.
 """
 
 from __future__ import annotations
@@ -20,6 +26,19 @@ from ple_platform.core.reasons_llm.l1 import L1Reason
 CASES_PATH = Path(__file__).parent / "data" / "reason_gate_cases.json"
 GOAL_RECALL, GOAL_FPR = 0.98, 0.05  # issue 14's goals: recall on violations, false positives on clean rewrites
 SPLITS = ("dev", "holdout")
+
+# Each holdout scored once on the rules frozen before it was read (docs/llm.md). Measured on earlier code: shown as
+# history, never as the running rules' figure.
+HOLDOUT_HISTORY: tuple[dict[str, Any], ...] = (
+    {"holdout": 1, "rules": "20 pattern rules", "n_violation": 30, "n_clean": 20, "recall": 0.667,
+     "recall_any": 0.767, "fpr": 0.0},
+    {"holdout": 2, "rules": "20 pattern rules", "n_violation": 24, "n_clean": 16, "recall": 0.5, "recall_any": 0.625,
+     "fpr": 0.0625},
+    {"holdout": 3, "rules": "20 pattern rules", "n_violation": 24, "n_clean": 16, "recall": 0.583,
+     "recall_any": 0.583, "fpr": 0.0},
+    {"holdout": 3, "rules": "21 rules incl. ungrounded_wording, first vocabulary (commit 5749fea)", "n_violation": 24,
+     "n_clean": 16, "recall": 0.583, "recall_any": 1.0, "fpr": 0.75},
+)
 
 
 class GateEvaluationError(ValueError):
@@ -65,14 +84,20 @@ def score_split(cases: list[dict[str, Any]], split: str) -> dict[str, Any]:
 
 
 def evaluate(path: Path | str = CASES_PATH) -> dict[str, Any]:
-    """The report's evidence: rule count, the set's hash and per-split figures (counts, not the cases)."""
+    """The report's evidence: rule count, the set's hash and per-split figures (counts, not the cases). A split
+    with no cases is ``None`` (not scored, so not a pass); one with cases but no violations or no clean rewrites
+    is an error. ``holdout_history``: the frozen scores of the holdouts folded into dev so far."""
     path = Path(path)
     cases = load_cases(path)
-    splits = {}
+    splits: dict[str, dict[str, Any] | None] = {}
     for split in SPLITS:
+        if not any(c["split"] == split for c in cases):
+            splits[split] = None
+            continue
         s = score_split(cases, split)
         splits[split] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in s.items()
                          if k not in ("misses", "false_positives")}
     return {"rules": len(RULES), "rule_ids": sorted(RULES), "n_cases": len(cases),
             "cases_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-            "goals": {"recall": GOAL_RECALL, "fpr": GOAL_FPR}, "splits": splits}
+            "goals": {"recall": GOAL_RECALL, "fpr": GOAL_FPR}, "splits": splits,
+            "holdout_history": [dict(h) for h in HOLDOUT_HISTORY]}

@@ -28,8 +28,16 @@ use. The rules, and the regulation or failure they stand for:
 * ``honorific`` — Korean sentences that do not end in a polite formal ending (…니다, …요), or 너/당신 address.
 * ``injection_echo`` — prompt-injection echoes and meta text: "ignore previous instructions", system prompt,
   "as an AI", refusals, "here is the rewritten reason", requests for passwords/OTP or transfers.
-* ``fact_drift`` — the rewrite lost an L1 number, flipped a negation (holds / does not hold), or dropped the
-  recommended product that the L1 text names.
+* ``fact_drift`` — the rewrite lost an L1 number, flipped a negation (holds / does not hold) or added one more
+  than the L1 text has, or dropped the recommended product that the L1 text names.
+* ``ungrounded_wording`` — the safety net under the rules above (``grounding.py``): every word of the rewrite must
+  come from the L1 text and facts, the product's own names, or a small reviewed vocabulary of neutral words
+  (``data/grounding_vocabulary.json``). A rewrite only restates the L1 facts, so a new word is new content — the
+  thing every violation needs, whatever its wording. The specific rules give the precise id; this one catches the
+  paraphrases their patterns do not list.
+
+``ungrounded_number`` also fails a grounded number with a qualifier the L1 text does not give ("about €1,229",
+"14건 이상"), and ``length`` a rewrite with more than one sentence beyond the L1 text's.
 
 The rules are conservative on purpose: a false positive costs a customer the nicer wording (the L1 text is shown),
 a false negative puts a forbidden claim in front of them. ``ple_platform/core/reasons_llm/data/reason_gate_cases.json`` holds
@@ -46,6 +54,7 @@ from typing import Any
 
 from ple_platform.core.data.schema import INVESTMENT_PRODUCTS, PRODUCTS
 from ple_platform.core.recommend.glossary import PRODUCT_LABELS
+from ple_platform.core.reasons_llm.grounding import product_names, ungrounded_words
 from ple_platform.core.reasons_llm.l1 import L1Reason
 
 RULES: dict[str, str] = {
@@ -69,6 +78,7 @@ RULES: dict[str, str] = {
     "honorific": "Korean text is not in the polite honorific register",
     "injection_echo": "echoes instructions, prompts, AI/meta talk or asks for credentials or transfers",
     "fact_drift": "departs from the L1 facts (lost number, flipped negation or dropped product)",
+    "ungrounded_wording": "uses words that are neither in the L1 facts, the product's names nor the neutral vocabulary",
 }
 
 # Products deposit insurance covers (예금자보호법): deposits, savings and account products.
@@ -124,6 +134,21 @@ _GUARANTEED = _rx(
     r"손해\s*(?:를|가|는)?\s*(?:보지\s*않|볼\s*일|없|절대)",
     r"무위험|위험\s*(?:이|은)?\s*(?:전혀\s*)?없|안전\s*100|100\s*%\s*안전|절대\s*(?:손해|손실|안전)",
     r"(?:반드시|무조건|틀림없이)\s*(?:수익|이익|오릅|오를|벌|불어)",
+    r"\b(?:can(?:not|'t|\s+not)|won'?t|will\s+not|never|does\s+not|doesn'?t)\s+(?:\w+\s+)?(?:go\s+down|fall|drop|"
+    r"decline|decrease|shrink|lose\s+value)\b",
+    r"\bno\s+matter\s+(?:what|how)\b[^.!?]{0,30}\b(?:markets?|economy|rates?|happens|prices?)\b",
+    r"\b(?:income|returns?|payouts?|money|payments?)\s+(?:that\s+)?you\s+can\s+(?:count|rely|depend|bank)\s+on\b",
+    r"\bno\s+need\s+to\s+worry\b|\bnothing\s+to\s+worry\b|\bworry[- ]free\b",
+    r"\bnever\s+(?:have|need)\s+to\s+worry",
+    r"원금\s*(?:이|을|은|도)?\s*(?:그대로|유지|변함|지켜|지킬)", r"시장\s*(?:이|은)?\s*(?:흔들|떨어|하락|폭락|출렁)[^.!?]{0,10}(?:도|더라도)",
+    r"\bwhatever\s+happens\b", r"\b(?:shielded|sheltered|insulated)\b", r"\bnever\s+(?:had|seen|produced|made|suffered|"
+    r"recorded|shown)\s+(?:a\s+)?(?:bad|losing|negative|down)\s+(?:year|month|quarter|day)",
+    r"손해\s*(?:를|는)?\s*(?:보실|보시는|볼)\s*일",
+    r"걱정\s*(?:하실|할|하지\s*않으셔도\s*될)\s*필요\s*(?:가|는|도)?\s*없|걱정\s*(?:없이|마세요|하지\s*마)",
+    # Reliability words the grounding vocabulary allows for the customer's activity are a claim next to money.
+    r"\b(?:regular(?:ly)?|steady|stable|reliable|dependable|predictable|consistent)\s+(?:\w+\s+)?(?:income|payouts?|"
+    r"returns?|interest|earnings|yields?)\b",
+    r"(?:꾸준|안정|일정|규칙)[가-힣]*\s*(?:소득|수입|연금|이자|수익|배당)",
 )
 _PRESSURE = _rx(
     r"\bact\s+(?:now|fast|quickly|today)\b", r"\bright\s+now\b", r"\btoday\s+only\b", r"\bonly\s+today\b",
@@ -131,7 +156,8 @@ _PRESSURE = _rx(
     r"\blast\s+chance\b", r"\bbefore\s+it'?s\s+too\s+late\b", r"\b(?:expires?|ends?|closing)\s+soon\b",
     r"\bonly\s+\w+\s+(?:left|remaining)\b", r"\bwhile\s+(?:stocks?|supplies|places)\s+last", r"\bimmediately\b",
     r"\bnow\s+or\s+never\b", r"\byou\s+(?:must|have\s+to|need\s+to)\s+(?:open|sign|apply|act|buy|invest|join|"
-    r"switch|take)", r"\b(?:sign\s+up|apply|open\s+(?:it|one|yours)|join)\s+(?:now|today)\b",
+    r"switch|take)", r"\b(?:sign\s+up|apply|open\s+(?:it|one|yours)|join)\s+"
+    r"(?:now|today|this\s+(?:week|weekend|month))\b",
     r"\btime\s+is\s+running\s+out\b", r"\bexclusive\s+offer\b", r"\bbefore\s+(?:it'?s\s+gone|the\s+offer\s+ends)",
     r"지금\s*(?:바로|당장|즉시)", r"서두르|서둘러", r"놓치지|놓치면|놓치시", r"마감\s*(?:임박|직전)|곧\s*마감",
     r"오늘\s*(?:만|까지만)", r"한정\s*(?:판매|기간|수량|특가)|기간\s*한정", r"즉시\s*가입|반드시\s*가입",
@@ -145,6 +171,9 @@ _PRESSURE = _rx(
     r"신청하실\s*수\s*없", r"기한|마감|곧\s*종료|종료\s*예정|얼마\s*남지",
     r"\b(?:filling|selling|going)\s+(?:up\s+)?fast\b", r"\b(?:spaces|places|spots|slots)\b[^.!?]{0,20}\b(?:limited|filling|"
     r"running\s+out|left)\b", r"오늘\s*(?:안에|중에|중으로)", r"곧\s*(?:끝나|종료|마감|사라)",
+    r"\b(?:won'?t|will\s+not|isn'?t\s+going\s+to)\s+(?:be\s+)?(?:around|available|last|here|on\s+offer)\s+(?:for\s+)?"
+    r"(?:long|forever|much\s+longer)\b", r"\bwhile\s+it\s+lasts\b",
+    r"(?:이번\s*주|이번\s*달|주말|오늘|내일)\s*(?:안에|내에|중에|중으로|까지)\s*(?:신청|가입|개설)",
 )
 _SUPERLATIVE = _rx(
     r"\bbest\b", r"\bgreatest\b", r"\bhighest\b", r"\blowest\b", r"\bcheapest\b", r"\bunbeatable\b", r"\bunmatched\b",
@@ -162,8 +191,11 @@ _SUPERLATIVE = _rx(
     r"\bthe\s+only\s+(?:choice|option|product|card|account)\b", r"\bmust[- ]have\b", r"\bexcellent\b",
     r"\bfantastic\b", r"\bsuperb\b", r"\bunmissable\b", r"\btop\s+(?:choice|pick|option|product|deal)\b",
     r"\bleading\b",
-    r"더할\s*나위\s*없", r"비교할\s*수\s*없", r"따라올\s*(?:수|상품)", r"으뜸", r"탁월", r"최강", r"유일", r"꼭\s*필요한",
+    r"더할\s*나위\s*없", r"비교할\s*수\s*없", r"따라올\s*(?:수|상품|곳|데)", r"으뜸", r"탁월", r"최강", r"유일", r"꼭\s*필요한",
     r"(?:강력|적극)\s*추천", r"가장\s*현명",
+    r"\bfinest\b", r"\bpremier\b", r"\bforemost\b", r"\bworld[- ]class\b", r"\baward[- ]winning\b",
+    r"\brated\s+(?:the\s+)?(?:best|top|finest|first|highest|number)", r"\bin\s+the\s+(?:country|world|nation|market)\b",
+    r"최상급|누구나\s*만족",
 )
 # A superlative that restates one the L1 text already uses ("가장 큰 결제" for L1's "최대 결제 금액") is grounded.
 _SUPERLATIVE_SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -177,6 +209,15 @@ _NUMBER_WORDS = _rx(
     r"(?<![가-힣])(?:[일이삼사오육칠팔구]?[십백천]+|[일이삼사오육칠팔구십백천]*[만억])\s*(?:원|유로|퍼센트|%|개월|일\b|년)",
     r"(?:두|세|네|다섯|열)\s*배", r"절반",
 )
+# Qualifiers that turn a grounded number into a different fact (an approximation, a bound).
+_QUALIFIED_NUMBER = {
+    "en": (re.compile(r"(?P<q>\b(?:about|around|roughly|approximately|nearly|almost|more\s+than|less\s+than|"
+                      r"fewer\s+than|under|at\s+least|at\s+most|(?<!adding\s)(?<!adds\s)(?<!added\s)up\s+to|"
+                      r"close\s+to|upwards\s+of|just\s+(?:over|under)|some|over\s+(?=[€$£₩]))\s*)[€$£₩]?\s?\d", I),),
+    "ko": (re.compile(r"(?P<q>(?<![가-힣])(?:약|대략|거의|최소|적어도|무려)\s*)[€$£₩]?\s?\d"),
+           re.compile(r"\d[\d,.]*\s*(?:%|[가-힣]{0,2})\s*(?P<q>(?:이상|이하|미만|초과|넘게|넘는|가량|정도|안팎|남짓|내외|가까이))")),
+}
+MAX_EXTRA_SENTENCES = 1  # a rewrite restates the L1 sentences; one more (a bridge to the product) at most
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _RRN = re.compile(r"(?<!\d)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\s?-?\s?[1-8]\d{6}(?!\d)")
 _PHONE = _rx(
@@ -216,7 +257,7 @@ _PROTECTED = _rx(
     r"(?:parent|mother|father)|sexual\s+orientation|gay|lesbian|elderly|seniors?|senior\s+citizens?|retirees?|"
     r"young\s+(?:people|customers|adults)|millennials?|immigrants?|foreigners?|health\s+condition|illness|caste)\b",
     r"나이|연령|성별|남성|여성|남자|여자|종교|인종|민족|국적|장애|임신|출산|결혼|기혼|미혼|이혼|혼인|노인|고령|어르신|"
-    r"젊은\s*(?:분|고객|층)|청년층|노년|외국인|\d+\s*세\s*(?:이상|이하|미만)|\d+대\s*(?:고객|남성|여성|분)|건강\s*상태|성적\s*지향",
+    r"젊은\s*(?:분|고객|층)|청년층|노년|외국인|신혼|부부|배우자|\d+\s*세\s*(?:이상|이하|미만)|\d+대\s*(?:고객|남성|여성|분)|건강\s*상태|성적\s*지향",
 )
 _FORMAT = _rx(
     r"\*\*|__|`", r"^\s*(?:#{1,6}\s|[-*•]\s|\d+[.)]\s)", r"<[a-zA-Z/][^>]*>", r"https?://|www\.", r"\n", r"!!",
@@ -242,7 +283,9 @@ _INJECTION = _rx(
     r"\b(?:checks?|rules?|guidelines?|filters?|compliance|safeguards?)\s+(?:were|was|are|is|have\s+been|has\s+been)\s+"
     r"(?:skipped|disabled|bypassed|ignored|turned\s+off|removed)", r"\b(?:bypass|override|skip)\w*\s+(?:the\s+)?(?:checks?|"
     r"rules?|filters?|safety|compliance)", r"\bper\s+(?:the\s+)?(?:developer|admin|operator|system)", r"\(note:",
-    r"\bnote\s+to\b",
+    r"\bnote\s+to\b", r"\blog[- ]?in\s+(?:details|credentials|information)", r"\busername\b", r"\bcredentials\b",
+    r"\breply\s+with\s+your\b", r"\bas\s+(?:you\s+)?requested\b", r"\b(?:rewritten|rephrased|reworded)\b",
+    r"\bin\s+a\s+(?:\w+\s+)?tone\b", r"(?:검사|검증|심사|필터|규칙)\s*(?:를|을)?\s*(?:통과|피하)", r"표현\s*(?:을|를)?\s*(?:조정|수정|바꾸|다듬)",
     r"(?:규칙|지침|원칙)\s*(?:은|을|를)?\s*(?:적용하지|무시|따르지)", r"(?:검사|검증|심사|필터)\s*(?:를|을|는)?\s*(?:생략|건너|우회|끄)",
     r"(?:개발자|관리자|운영자)\s*(?:의\s*)?(?:요청|지시)",
     r"이전\s*(?:의\s*)?(?:지시|명령|지침)", r"(?:지시|명령|지침)\s*(?:사항)?\s*(?:을|를)?\s*무시", r"무시하고", r"프롬프트",
@@ -273,7 +316,8 @@ _GENERIC_TERMS: dict[str, tuple[str, ...]] = {
     "etf": ("funds", "securities"), "insurance": (), "derivative": ("derivative",), "crypto": (), "bitcoin": (),
     "overdraft": (), "credit line": ("loans",), "line of credit": ("loans",), "annuity": ("pension_plan",),
     "mutual fund": ("funds",), "brokerage": ("securities",), "reit": ("funds",), "els": (), "dls": (), "elf": (),
-    "isa": (), "irp": ("pension_plan",), "leasing": (),
+    "isa": (), "irp": ("pension_plan",), "leasing": (), "buy-now-pay-later": (), "buy now pay later": (), "bnpl": (),
+    "instalment plan": (), "installment plan": (), "gold": (),
     "payroll": ("payroll_account", "payroll"), "salary": ("payroll_account", "payroll"),
     "주택담보대출": ("mortgage",), "주택 담보 대출": ("mortgage",), "대출": ("loans", "mortgage"),
     "신용대출": ("loans",), "신용카드": ("credit_card",), "체크카드": ("e_account", "current_account"),
@@ -282,7 +326,8 @@ _GENERIC_TERMS: dict[str, tuple[str, ...]] = {
     "정기예금": ("short_deposit", "medium_deposit", "long_deposit"), "적금": ("saving",), "저축": ("saving",),
     "증권": ("securities",), "주식": ("securities",), "채권": ("securities",), "보험": (), "파생상품": ("derivative",),
     "코인": (), "가상자산": (), "비트코인": (), "마이너스 통장": (), "카드론": (), "현금서비스": (), "리츠": ("funds",),
-    "퇴직연금": ("pension_plan",), "청약": (), "외화": (), "급여": ("payroll_account", "payroll"), "세금": ("taxes",),
+    "퇴직연금": ("pension_plan",), "청약": (), "외화": (), "금 투자": (), "금투자": (), "금 통장": (),
+    "금통장": (), "골드": (), "할부": (), "급여": ("payroll_account", "payroll"), "세금": ("taxes",),
 }
 
 
@@ -298,7 +343,8 @@ def _product_terms() -> dict[str, frozenset[str]]:
 
 _PRODUCT_TERMS = _product_terms()
 _PRODUCT_RX = re.compile(
-    "|".join(rf"(?<![A-Za-z0-9-]){re.escape(t)}(?:s|es)?(?![A-Za-z0-9-])" if t.isascii() else rf"(?<!누){re.escape(t)}"
+    "|".join(rf"(?<![A-Za-z0-9-]){re.escape(t)}(?:s|es)?(?![A-Za-z0-9-])" if t.isascii()
+             else rf"(?<![가-힣]){re.escape(t)}" if t.startswith("금") else rf"(?<!누){re.escape(t)}"
              for t in sorted(_PRODUCT_TERMS, key=len, reverse=True)), I)
 
 
@@ -378,6 +424,10 @@ def _ko_sentences(text: str) -> Iterable[str]:
             yield s
 
 
+def _sentence_count(text: str) -> int:
+    return len([s for s in re.split(r"(?<=[.!?。])\s+", text.strip()) if re.search(r"\w", s)])
+
+
 def check(candidate: str, l1: L1Reason, *, has_suitability_profile: bool | None = None) -> Verdict:
     """Run every deterministic rule on ``candidate``, a rewrite of ``l1``; the verdict lists every rule it broke.
 
@@ -431,6 +481,9 @@ def check(candidate: str, l1: L1Reason, *, has_suitability_profile: bool | None 
     allowed = set(_numbers(l1_text))
     stray = [n for n in _numbers(scrubbed) if n not in allowed]
     words = [m.group(0) for m in _NUMBER_WORDS.finditer(scrubbed) if m.group(0).lower() not in l1_lower]
+    # A grounded number with a qualifier the L1 text does not give ("about €1,229", "14건 이상") is another fact.
+    words += [m.group(0).strip() for rx in _QUALIFIED_NUMBER[l1.lang] for m in rx.finditer(scrubbed)
+              if m.group("q").lower() not in l1_lower]
     if stray or words:
         hit("ungrounded_number", ", ".join(stray + words))
 
@@ -467,8 +520,11 @@ def check(candidate: str, l1: L1Reason, *, has_suitability_profile: bool | None 
             hit("mixed_script", f"other scripts {sorted(set(foreign) | ({'HANGUL'} if hangul else set()))}")
 
     max_chars = max(MAX_CHARS_FLOOR, int(1.5 * len(l1_text)))
+    n_sentences, l1_sentences = _sentence_count(body), _sentence_count(l1_text)
     if not MIN_CHARS <= len(text) <= max_chars:
         hit("length", f"{len(text)} characters (allowed {MIN_CHARS}-{max_chars})")
+    elif n_sentences > l1_sentences + MAX_EXTRA_SENTENCES:
+        hit("length", f"{n_sentences} sentences (the L1 text has {l1_sentences}; at most {MAX_EXTRA_SENTENCES} more)")
     fm = _FORMAT.search(raw.strip()) or _EMOJI.search(raw)
     if fm:
         hit("format", repr(fm.group(0)))
@@ -490,13 +546,21 @@ def check(candidate: str, l1: L1Reason, *, has_suitability_profile: bool | None 
     if lost:
         drift.append(f"lost numbers {lost}")
     neg = _NEGATION[l1.lang]
-    if bool(neg.search(l1_text)) != bool(neg.search(body)):
-        drift.append("negation " + ("dropped" if neg.search(l1_text) else "added"))
+    n_neg_l1, n_neg = len(neg.findall(l1_text)), len(neg.findall(body))
+    if bool(n_neg_l1) != bool(n_neg):
+        drift.append("negation " + ("dropped" if n_neg_l1 else "added"))
+    elif n_neg > n_neg_l1:
+        drift.append(f"{n_neg} negations where the L1 text has {n_neg_l1}")
     names_product = any(l1.product in p for _, p in _product_mentions(l1_text))
     if names_product and not any(l1.product in p for _, p in _product_mentions(body)):
         drift.append(f"recommended product {l1.label!r} no longer named")
     if drift:
         hit("fact_drift", "; ".join(drift))
+
+    names = product_names(l1.product, l1.lang, l1.label, _GENERIC_TERMS)
+    loose = ungrounded_words(body, l1.lang, l1_text, tuple(normalise(f) for f in l1.facts), names)
+    if loose:
+        hit("ungrounded_wording", ", ".join(loose))
 
     return Verdict(not hits, tuple(hits))
 

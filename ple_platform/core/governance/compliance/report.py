@@ -52,7 +52,8 @@ Evidence shapes (all keys optional inside; what is missing is reported as missin
                       "gate_citation": {task: {"cited": bool, "reason": str}} (optional)}
     human_oversight  {"approval_required": bool}
     reason_gate      {"evaluation": reasons_llm.evaluation.evaluate() (rules, cases_sha256, goals, splits: {dev,
-                      holdout: {n_violation, n_clean, recall, recall_any, fpr}}), "month_verdicts":
+                      holdout: {n_violation, n_clean, recall, recall_any, fpr} or None when no live holdout},
+                      holdout_history), "month_verdicts":
                       serving.evidence.rewrite_verdicts() (verdicts, passed, rules_only, failed_by_rule, fallbacks)}
     reviews          {"ops"|"audit": the stored review JSON (verdict, mode, votes, findings)}
 
@@ -763,27 +764,35 @@ def _chk_reason_gate(c: _Check) -> None:
     if ev is not None:
         goals, splits = ev.get("goals") or {}, ev.get("splits") or {}
         dev, hold = splits.get("dev"), splits.get("holdout")
-        if not dev or not hold or "recall" not in goals or "fpr" not in goals:
-            c.missing.append("missing evidence: reason_gate.evaluation (dev and holdout figures with goals)")
+        if not dev or "recall" not in goals or "fpr" not in goals:
+            c.missing.append("missing evidence: reason_gate.evaluation (dev figures with goals)")
         else:
             c.facts.update(rules=ev.get("rules"), cases_sha256=ev.get("cases_sha256"), goals=goals,
-                           dev={k: dev.get(k) for k in ("recall", "fpr", "n_violation", "n_clean")},
-                           holdout={k: hold.get(k) for k in ("recall", "recall_any", "fpr", "n_violation", "n_clean")})
+                           dev={k: dev.get(k) for k in ("recall", "recall_any", "fpr", "n_violation", "n_clean")},
+                           holdout=None if not hold else
+                           {k: hold.get(k) for k in ("recall", "recall_any", "fpr", "n_violation", "n_clean")})
+            if ev.get("holdout_history"):
+                c.facts["holdout_history"] = ev["holdout_history"]
             if dev["recall"] < goals["recall"] or dev["fpr"] > goals["fpr"]:
                 c.fails.append(f"the rules miss their goals on the cases they were written against: dev recall "
                                f"{dev['recall']:.3f} (goal {goals['recall']}), FPR {dev['fpr']:.3f} (goal {goals['fpr']})")
-            holdout_short = hold["recall"] < goals["recall"]
+            # Unseen wording: what protects the customer is that some rule fails a violation (recall_any); no live
+            # holdout means that figure is unknown for the running rules, which is never a pass.
+            holdout_short = not hold or hold.get("recall_any", hold["recall"]) < goals["recall"]
     if month is None:
         c.missing.append("missing evidence: reason_gate.month_verdicts (no L2 rewrite was attempted this month)")
         return
     c.facts["month_verdicts"] = month
     judged = int(month.get("passed", 0)) - int(month.get("rules_only", 0))
+    hold_facts = c.facts.get("holdout")
+    unseen = (f"holdout recall {hold_facts.get('recall_any', hold_facts['recall']):.3f} (any rule) is below the goal"
+              if hold_facts else "is not measured on the running rules (no live holdout)")
     if holdout_short and month.get("rules_only"):
         c.fails.append(f"{month['rules_only']} L2 reason(s) were shown after the rules alone, whose recall on unseen "
-                       f"wording (holdout {c.facts['holdout']['recall']:.3f}) is below the goal: turn the LLM judge on")
+                       f"wording {unseen}: turn the LLM judge on")
     elif holdout_short and judged > 0:
         c.missing.append(f"missing evidence: {judged} L2 reason(s) were shown after the LLM judge, whose recall is "
-                         "not measured (the rules alone are below the goal on the holdout)")
+                         f"not measured (the rules' recall on unseen wording {unseen})")
 
 
 def _chk_reviews(c: _Check) -> None:
@@ -862,7 +871,7 @@ CONTROLS: tuple[ControlSpec, ...] = (
                 ("fss_guideline", "fcpa_19", "ai_basic_31"), ("reason_gate",),
                 "the gate's rules meet recall >= 0.98 and FPR <= 0.05 on their labelled dev set, scored at report "
                 "time; the month's verdicts are in the audit log; no L2 reason was shown on the rules alone while "
-                "their holdout recall is below the goal", _chk_reason_gate),
+                "their holdout recall (any rule) is below the goal or unmeasured", _chk_reason_gate),
     ControlSpec("FSS-AGT-01", "Ops and audit reviews of the month", "월간 운영·감사 검토",
                 ("fss_guideline", "ai_basic_34", "eu_72"), ("reviews",),
                 "the month's ops_review and audit_review ran before this report and neither is FAIL or insufficient",
