@@ -54,11 +54,15 @@ def test_gate_control_reports_measured_figures_and_the_months_verdicts(audit):
     v = c["facts"]["month_verdicts"]
     assert (v["verdicts"], v["passed"], v["failed"]) == (4, 1, 2)
     assert v["failed_by_rule"] == {"pii_phone": 2, "pressure": 1} and v["fallbacks"] == {"gate": 2, "timeout": 1}
-    # An L2 text reached a customer after the rules alone, whose recall on unseen wording is unmeasured (no live
-    # holdout) or below the goal: a failure.
-    assert c["status"] == "fail" and "turn the LLM judge on" in c["detail"][0]
-    if scored["holdout"] is None:
-        assert c["facts"]["holdout"] is None and "no live holdout" in c["detail"][0]
+    # An L2 text reached a customer after the rules alone; the live holdout (written blind) holds their recall on
+    # unseen wording (any rule) at the goal, so the control is live. Below the goal it fails (next test).
+    assert c["facts"]["holdout"]["recall_any"] == scored["holdout"]["recall_any"] >= 0.98
+    assert c["status"] == "live", c["detail"]
+    without = evaluate()
+    without["splits"]["holdout"] = None  # no live holdout: unmeasured on the running rules, never a pass
+    ev = ReportEvidence(reason_gate={"evaluation": without, "month_verdicts": rewrite_verdicts(audit, MONTH)})
+    c = evaluate_control(BY_ID["FSS-LLM-01"], ev)
+    assert c["status"] == "fail" and "turn the LLM judge on" in c["detail"][0] and "no live holdout" in c["detail"][0]
 
 
 def test_gate_control_reads_unseen_wording_recall_on_any_rule(audit):
@@ -82,7 +86,11 @@ def test_gate_control_without_verdicts_is_missing_never_live(audit):
 
 def test_gate_control_judged_or_no_l2_month(audit):
     serve(audit, rewrites=[rw("L2", mode="rules + 3-vote judge", votes=["PASS"] * 3)])
-    c = gate_control(audit)
+    assert gate_control(audit)["status"] == "live"  # the rules alone meet the recall goal on the live holdout
+    evaluation = evaluate()
+    evaluation["splits"]["holdout"] = {**evaluation["splits"]["holdout"], "recall_any": 0.6}
+    ev = ReportEvidence(reason_gate={"evaluation": evaluation, "month_verdicts": rewrite_verdicts(audit, MONTH)})
+    c = evaluate_control(BY_ID["FSS-LLM-01"], ev)
     assert c["status"] == "missing evidence" and "judge, whose recall is not measured" in c["detail"][0]
     serve(audit, month="2016-06-01", rewrites=[rw("L1", "no_api_key"), rw("L1", "gate", ["language"])])
     c = gate_control(audit, "2016-06-01")  # nothing but L1 was shown: the gate let nothing through

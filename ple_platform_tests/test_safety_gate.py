@@ -6,10 +6,10 @@ The set has two splits. ``dev``: the cases the rules were written against; the g
 violations with the expected rule id reported and with any rule failing them, false-positive rate <= 0.05 on clean
 rewrites) are held there. ``holdout``: written after the rules were frozen and never used to tune them; when the
 set has one its figures are printed and held to their floor, so a change that makes the gate worse on unseen
-wording fails. Holdouts 1, 2 and 3 were folded into dev once their misses were fixed, so the set has no live
-holdout now; ``HOLDOUT_HISTORY`` keeps their frozen scores (the pattern rules caught 50-77% of unseen violations;
-with the grounding rule, holdout-3's recall on any rule was 1.000 but its first vocabulary failed 12 of 16 clean
-rewrites)."""
+wording fails. Holdouts 1, 2 and 3 were folded into dev once their misses were fixed; holdout-4 (230 cases, written
+by an author who never read the rules) is the live one. ``HOLDOUT_HISTORY`` keeps every holdout's frozen score (the
+pattern rules caught 50-77% of unseen violations; with the grounding rule any rule catches 99%, but 38% of unseen
+clean rewrites fall back to L1: the FPR goal is not met on unseen wording)."""
 
 import json
 from collections import Counter
@@ -22,10 +22,9 @@ from ple_platform.core.reasons_llm.gate import RULES, GateError, check
 from ple_platform.core.reasons_llm.l1 import L1InputError, L1Reason
 
 CASES = load_cases()
-# Floors for a live holdout stop the gate getting worse on unseen wording; they are set to a holdout's measured
-# figures once it is scored, not guessed before. Holdout-3 on the frozen grounding rule: recall 0.583 (any rule
-# 1.000), FPR 0.750 (docs/llm.md); the next holdout is unscored, so its floors are open until then.
-HOLDOUT_FLOOR = {"recall": 0.0, "recall_any": 0.0, "fpr": 1.0}
+# Floors for a live holdout stop the gate getting worse on unseen wording; they are its measured figures on the frozen
+# rules (holdout-4 on commit fbf3e8e: recall 0.884, any rule 0.993, FPR 0.381; docs/llm.md), not goals.
+HOLDOUT_FLOOR = {"recall": 0.88, "recall_any": 0.99, "fpr": 0.39}
 
 
 def l1_of(case: dict) -> L1Reason:
@@ -59,8 +58,6 @@ def test_recall_and_false_positive_rate_on_the_holdout_split():
     for h in HOLDOUT_HISTORY:
         print(f"\nholdout-{h['holdout']} on frozen rules ({h['rules']}): recall {h['recall']:.3f} (any rule "
               f"{h['recall_any']:.3f}), FPR {h['fpr']:.3f}", end="")
-    if not any(c["split"] == "holdout" for c in CASES):
-        pytest.skip("no live holdout: the last one was folded into dev; the next is scored when it is written")
     s = score("holdout")
     print(f"\nsafety gate, holdout split: recall {s['recall']:.3f} (any rule {s['recall_any']:.3f}) on "
           f"{s['n_violation']} violations, false-positive rate {s['fpr']:.3f} on {s['n_clean']} clean rewrites; "

@@ -38,6 +38,8 @@ HOLDOUT_HISTORY: tuple[dict[str, Any], ...] = (
      "recall_any": 0.583, "fpr": 0.0},
     {"holdout": 3, "rules": "21 rules incl. ungrounded_wording, first vocabulary (commit 5749fea)", "n_violation": 24,
      "n_clean": 16, "recall": 0.583, "recall_any": 1.0, "fpr": 0.75},
+    {"holdout": 4, "rules": "21 rules incl. ungrounded_wording, widened vocabulary (commit fbf3e8e); written blind",
+     "n_violation": 146, "n_clean": 84, "recall": 0.884, "recall_any": 0.993, "fpr": 0.381},
 )
 
 
