@@ -30,6 +30,7 @@ from ple_platform.core.distillation.students import (
     route,
     select_by_gain,
     soft_targets,
+    teacher_has_edge,
     train_direct,
     train_student,
 )
@@ -305,6 +306,12 @@ def test_route_on_constructed_numbers_including_the_mae_sign_flip():
     assert json.loads(json.dumps(m.to_dict()))["route"] == "DISTILL"
     with pytest.raises(StudentInputError, match="keep_share"):
         route("churn_signal", 0.8, 0.7, 0.75, keep_share=1.5)
+    # The distilled form untrained: fine without a teacher edge, refused with one (the evidence would be missing).
+    untrained = route("churn_signal", 0.74, 0.75, None)
+    assert untrained.route == "DIRECT" and "no edge" in untrained.reason and "not trained" in untrained.reason
+    assert route("spend_change", 1.10, 1.00, None).route == "DIRECT"
+    with pytest.raises(StudentInputError, match="needs the distilled student"):
+        route("churn_signal", 0.80, 0.75, None)
 
 
 def test_fit_task_students_routes_on_validation_and_records_the_decision(binary):
@@ -312,6 +319,7 @@ def test_fit_task_students_routes_on_validation_and_records_the_decision(binary)
     res = fit_task_students("churn_signal", X, y, t, Xv, yv, tv, NAMES, CFG, n_boot=20)
     v = res.validation
     assert set(v) == {"teacher", "distill", "direct"}
+    assert teacher_has_edge("churn_signal", v["teacher"]["auc"]["value"], v["direct"]["auc"]["value"])
     assert (res.decision.teacher, res.decision.direct, res.decision.student) == (
         v["teacher"]["auc"]["value"], v["direct"]["auc"]["value"], v["distill"]["auc"]["value"])
     assert v["teacher"]["auc"]["lo"] <= v["teacher"]["auc"]["value"] <= v["teacher"]["auc"]["hi"]
@@ -322,6 +330,23 @@ def test_fit_task_students_routes_on_validation_and_records_the_decision(binary)
     same = (train_student("churn_signal", X, y, t, Xv, yv, tv, NAMES, CFG) if expected == "DISTILL"
             else train_direct("churn_signal", X, y, Xv, yv, NAMES, CFG))
     assert same.model_sha256 == res.student.model_sha256
+
+
+def test_without_a_teacher_edge_the_distilled_form_is_not_trained(binary):
+    """A teacher that trails the direct LightGBM on validation makes the route DIRECT whatever a distilled student
+    scores, so it is not trained (half the task's cost); forcing DISTILL still trains and serves it."""
+    X, y, t, Xv, yv, tv = binary
+    rng = np.random.default_rng(7)
+    noise_t, noise_v = rng.random(len(X)), rng.random(len(Xv))  # a teacher without information
+    res = fit_task_students("churn_signal", X, y, noise_t, Xv, yv, noise_v, NAMES, CFG, n_boot=20)
+    assert not teacher_has_edge("churn_signal", res.decision.teacher, res.decision.direct)
+    assert res.validation["distill"] is None and res.student.route == res.decision.route == "DIRECT"
+    assert "not trained" in res.decision.reason and math.isnan(res.decision.student)
+    assert res.student.model_sha256 == train_direct("churn_signal", X, y, Xv, yv, NAMES, CFG).model_sha256
+    forced = fit_task_students("churn_signal", X, y, noise_t, Xv, yv, noise_v, NAMES, CFG, n_boot=20,
+                               force_route="DISTILL")
+    assert forced.student.route == "DISTILL" and forced.validation["distill"] is not None
+    assert "forced" in forced.decision.reason
 
 
 # ------------------------------------------------------------------------------------------------ fidelity

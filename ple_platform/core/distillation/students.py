@@ -674,21 +674,35 @@ class RoutingDecision:
         return {**asdict(self), "kept_share": self.kept_share}
 
 
-def route(task: str, teacher_val_metric: float, direct_val_metric: float, student_val_metric: float,
+def teacher_has_edge(task: str, teacher_val_metric: float, direct_val_metric: float,
+                     metric: str | None = None) -> bool:
+    """Whether the teacher beats the direct LightGBM on the validation metric (finite numbers, sign-normalised):
+    without that edge ``route`` says DIRECT whatever a distilled student scores."""
+    metric = metric or _spec(task).primary_metric
+    t, d = float(teacher_val_metric), float(direct_val_metric)
+    sign = -1.0 if metric in _LOWER_IS_BETTER else 1.0
+    return math.isfinite(t) and math.isfinite(d) and sign * (t - d) > 0
+
+
+def route(task: str, teacher_val_metric: float, direct_val_metric: float, student_val_metric: float | None,
           keep_share: float = 0.5, metric: str | None = None) -> RoutingDecision:
     """DISTILL iff teacher_edge > 0 and student − direct >= keep_share × teacher_edge (validation month, primary
-    metric of the task unless ``metric`` is given); otherwise DIRECT. A non-finite number is no evidence: DIRECT."""
+    metric of the task unless ``metric`` is given); otherwise DIRECT. A non-finite number is no evidence: DIRECT.
+    ``student_val_metric=None``: the distilled form was not trained, allowed only where the teacher has no edge."""
     spec = _spec(task)
     if not 0.0 <= keep_share <= 1.0:
         raise StudentInputError(f"{task}: keep_share={keep_share} must lie in [0, 1]")
     metric = metric or spec.primary_metric
     higher = metric not in _LOWER_IS_BETTER
     sign = 1.0 if higher else -1.0
-    t, d, s = float(teacher_val_metric), float(direct_val_metric), float(student_val_metric)
+    trained = student_val_metric is not None
+    t, d = float(teacher_val_metric), float(direct_val_metric)
+    s = float(student_val_metric) if trained else float("nan")
     t_edge, s_edge = sign * (t - d), sign * (s - d)
-    nums = (f"teacher {t:.4f}, direct {d:.4f}, student {s:.4f}"
+    nums = (f"teacher {t:.4f}, direct {d:.4f}, " + (f"student {s:.4f}" if trained else "student not trained")
             + ("" if higher else "; lower is better, so edges are sign-flipped"))
-    bad = [n for n, v in (("teacher", t), ("direct", d), ("student", s)) if not math.isfinite(v)]
+    candidates = (("teacher", t), ("direct", d)) + ((("student", s),) if trained else ())
+    bad = [n for n, v in candidates if not math.isfinite(v)]
     if bad:
         chosen: Route = "DIRECT"
         reason = f"insufficient evidence: validation {metric} is not finite for {', '.join(bad)} ({nums})"
@@ -696,6 +710,9 @@ def route(task: str, teacher_val_metric: float, direct_val_metric: float, studen
         chosen = "DIRECT"
         reason = (f"the teacher has no edge over the direct LightGBM on validation {metric} ({nums}; "
                   f"edge {t_edge:+.4f} <= 0)")
+    elif not trained:
+        raise StudentInputError(f"{task}: the teacher has an edge on validation {metric} ({nums}), so routing needs "
+                                "the distilled student's validation metric")
     elif s_edge >= keep_share * t_edge:
         chosen = "DISTILL"
         reason = (f"the student keeps {s_edge / t_edge:.0%} of the teacher's edge on validation {metric} ({nums}; "
@@ -721,8 +738,10 @@ def fit_task_students(task: str, X_train, y_train, teacher_train, X_val, y_val, 
                       feature_names: Sequence[str], config: StudentConfig | None = None, *,
                       keep_share: float = 0.5, n_boot: int = 200, bins: FeatureBins | None = None,
                       force_route: Route | None = None, validation_fidelity=None) -> TaskStudents:
-    """Train both forms of one task, evaluate them and the teacher on the validation month (``evaluate_predictions``
-    with ``n_boot`` bootstrap replicates, paired by seed) and route on the primary metric.
+    """Train the direct form of one task and, where the teacher has a validation edge over it (or DISTILL is forced),
+    the distilled form; evaluate them and the teacher on the validation month (``evaluate_predictions`` with
+    ``n_boot`` bootstrap replicates, paired by seed) and route on the primary metric. ``validation["distill"]`` is
+    ``None`` when the distilled form was not trained.
 
     ``force_route`` (ablations, fidelity drills) overrides the evidence; the decision keeps the evidence's numbers
     and says that the route was forced. ``validation_fidelity`` (``FidelityThresholds``): a DISTILL verdict also
@@ -733,18 +752,23 @@ def fit_task_students(task: str, X_train, y_train, teacher_train, X_val, y_val, 
     X_train, X_val = _matrix(X_train, "X_train"), _matrix(X_val, "X_val")
     if bins is None:
         bins = FeatureBins.build(X_train, X_val, feature_names, config)  # shared by both forms
-    distilled = train_student(task, X_train, y_train, teacher_train, X_val, y_val, teacher_val, feature_names,
-                              config, bins=bins, n_boot=n_boot)
     direct = train_direct(task, X_train, y_train, X_val, y_val, feature_names, config, bins=bins, n_boot=n_boot)
     teacher = _teacher(task, teacher_val, len(X_val), "teacher_val")
+    metric = TASKS_BY_NAME[task].primary_metric
     validation = {
         "teacher": evaluate_predictions({task: y_val}, {task: teacher}, n_boot=n_boot, seed=config.seed)[task],
-        "distill": distilled.metrics["validation"],
         "direct": direct.metrics["validation"],
     }
-    metric = TASKS_BY_NAME[task].primary_metric
-    decision = route(task, validation["teacher"][metric]["value"], validation["direct"][metric]["value"],
-                     validation["distill"][metric]["value"], keep_share=keep_share, metric=metric)
+    t_val, d_val = validation["teacher"][metric]["value"], validation["direct"][metric]["value"]
+    # Without a teacher edge the route is DIRECT whatever a distilled student would score: not training it halves
+    # the task's cost (every task of a month where the teacher trails LightGBM). Forcing DISTILL still trains it.
+    distilled = None
+    if force_route == "DISTILL" or teacher_has_edge(task, t_val, d_val, metric):
+        distilled = train_student(task, X_train, y_train, teacher_train, X_val, y_val, teacher_val, feature_names,
+                                  config, bins=bins, n_boot=n_boot)
+    validation["distill"] = distilled.metrics["validation"] if distilled is not None else None
+    decision = route(task, t_val, d_val, None if distilled is None else validation["distill"][metric]["value"],
+                     keep_share=keep_share, metric=metric)
     if validation_fidelity is not None and decision.route == "DISTILL" and force_route is None:
         from ple_platform.core.distillation.fidelity import fidelity
 
