@@ -36,7 +36,7 @@ ui: setup $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI on http://127.0.0.1:3000
 test: setup  ## the whole test suite (what CI runs)
 	$(VENV)/bin/pytest -q
 
-test-fast: setup  ## unit tests only (skip end-to-end servers)
+test-fast: setup  ## unit tests only: deselects `slow` (servers, processes, the materialized pipeline, training)
 	$(VENV)/bin/pytest -q -m "not slow"
 
 bench: setup  ## benchmarks (results are recorded in docs/benchmarks.md)

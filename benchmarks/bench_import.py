@@ -17,7 +17,8 @@ SNIPPETS = {
     "load_definitions()": "from ple_platform.definitions import load_definitions; load_definitions()",
     "heavy libraries loaded by load_definitions()": None,
 }
-HEAVY = ("torch", "lightgbm", "sklearn", "scipy", "geoopt", "gudhi", "torch_geometric", "matplotlib")
+HEAVY = ("torch", "lightgbm", "sklearn", "scipy", "pandas", "geoopt", "gudhi", "torch_geometric", "matplotlib",
+         "dagster_aws", "boto3", "alembic")
 
 
 def timed(code: str) -> float:

@@ -21,10 +21,29 @@ from ple_platform.core.settings import Settings  # noqa: E402
 from ple_platform.defs.resources import build_resources  # noqa: E402
 
 
+def load_defs_folder() -> dg.Definitions:
+    """Every definition under ``defs/``, discovered the way ``dg.load_from_defs_folder`` does (same project
+    config in ``[tool.dg.project]``, same ``ComponentTree``), but built at the defs folder rather than at the
+    tree's root.
+
+    The root adds two things this project does not use, and one of them is most of the load time: a catalogue
+    of every component type installed in the environment (Dagster's ``dagster_dg_cli.registry_modules`` entry
+    points, shown in the UI's Docs tab). ``dagster-aws`` registers one, and importing it loads boto3, the
+    Athena and Secrets Manager resources and, through them, ``dagster._core.test_utils`` with alembic and
+    sqlalchemy: ~2.5 s of every `dg` command, `dagster dev`, the daemon and each run worker
+    (docs/benchmarks.md, fast feedback). The other is app-managed components (created in the Dagster+ UI).
+    ``dg list components`` still lists the installed types; it reads the entry points itself.
+    """
+    tree = dg.ComponentTree.for_project(Path(__file__).parent)
+    # load_from_defs_folder silences Dagster's own preview warnings about its loader; so does this call.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return tree.build_defs(tree.defs_module_path)
+
+
 def load_definitions() -> dg.Definitions:
     """Load the definitions folder and bind the resources of the current environment."""
-    found = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
-    return dg.Definitions.merge(found, dg.Definitions(resources=build_resources(Settings.from_env())))
+    return dg.Definitions.merge(load_defs_folder(), dg.Definitions(resources=build_resources(Settings.from_env())))
 
 
 @dg.definitions

@@ -179,3 +179,20 @@ def served_platform(tmp_path_factory, pipeline_data, landing_dir):
 def pytest_addoption(parser):
     parser.addoption("--update-definitions-snapshot", action="store_true", default=False,
                      help="rewrite ple_platform_tests/data/definitions_snapshot.json from the current definitions")
+
+
+# Fixtures that materialize the pipeline (raw + 17 feature groups + labels for six months, then a teacher,
+# students, a promotion and a served month): a test that uses one, directly or through another fixture, is an
+# end-to-end test and belongs to the `slow` tier. `make test` runs every tier; `make test-fast` deselects `slow`.
+PIPELINE_FIXTURES = frozenset({"pipeline_data", "pipeline_env", "served_platform"})
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep `make test-fast` a unit-test tier: collection fails, naming the tests, if one that materializes the
+    pipeline is not marked ``slow`` (one such test unmarked costs the fast tier minutes of fixture setup)."""
+    unmarked = [item.nodeid for item in items
+                if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow")]
+    if unmarked:
+        raise pytest.UsageError("these tests materialize the pipeline (fixtures "
+                                f"{', '.join(sorted(PIPELINE_FIXTURES))}) but are not marked slow: "
+                                + ", ".join(unmarked))

@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import threading
+import time
 
 import duckdb
 import numpy as np
@@ -361,3 +362,38 @@ def _raises(fn) -> list[BaseException]:
     except BaseException as err:  # noqa: BLE001 - the test inspects it
         return [err]
     return []
+
+
+def test_the_audit_writer_holds_its_session_under_load_and_yields_to_a_waiting_reader(tmp_path):
+    """The serving app's audit writer (no server needed): 4 threads submit continuously; one session serves many commits, and a reader thread of
+    the same process gets the store well within the 5 s maximum hold."""
+    from ple_platform.core.governance.audit.log import AuditLog
+    from ple_platform.core.governance.audit.store import GovernanceStore
+    from ple_platform.core.serving.app import AuditBatcher
+
+    log = AuditLog(GovernanceStore(tmp_path / "g.duckdb"), b"k")
+    batcher = AuditBatcher(log)
+    stop, seqs = threading.Event(), []
+
+    def submitter(w: int) -> None:
+        while not stop.is_set():
+            seqs.append(batcher.submit(AuditEvent.SERVED, f"request/{w}-{len(seqs)}", {"w": w}))
+
+    threads = [threading.Thread(target=submitter, args=(w,)) for w in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        n_read = len(log.entries(event=AuditEvent.SERVED))  # waits for the writer to yield the lock
+        waited = time.monotonic() - t0
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        batcher.close()
+    assert n_read > 0 and waited < 2.0, waited
+    assert batcher.transactions > batcher.sessions >= 2  # held across commits, and released for the reader
+    entries = log.entries(event=AuditEvent.SERVED)
+    assert sorted(seqs) == [e.seq for e in entries] and log.verify().ok

@@ -29,6 +29,8 @@ def defs() -> dg.Definitions:
 
 
 def _materialize(instance: dg.DagsterInstance, keys, months) -> None:
+    # Hundreds of events per test: an in-memory instance (an on-disk SQLite one spends ~20 s syncing them; the
+    # conditions read the same event log either way).
     for key in keys:
         for month in months:
             instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=key, partition=month))
@@ -52,7 +54,7 @@ def test_a_new_raw_month_requests_its_features_the_previous_labels_and_the_model
     # Each feature group depends on its own month t-1 (the drift check's input): the request must still be t alone.
     for g in FEATURE_GROUPS:
         assert dg.AssetKey(g.name) in graph.get(dg.AssetKey(g.name)).parent_keys, g.name
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         _materialize(instance, processed, HISTORY)
         settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=BEFORE)
         assert settled.total_requested == 0, _requested(settled)
@@ -100,7 +102,7 @@ def test_a_corrected_old_month_does_not_cascade_into_its_own_partitions(defs):
     selection (docs/operations.md). Its correction may still refresh the newest features whose lookback reads it."""
     graph = defs.resolve_asset_graph()
     processed = [k for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is not None]
-    with dg.instance_for_test() as instance:
+    with dg.DagsterInstance.ephemeral() as instance:
         _materialize(instance, processed, [*HISTORY, NEW])
         settled = dg.evaluate_automation_conditions(defs=defs, instance=instance, evaluation_time=EVALUATED_AT)
         _materialize(instance, RAW, ["2015-06-01"])

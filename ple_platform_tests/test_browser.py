@@ -33,6 +33,8 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from ple_platform_tests.devserver import LOCATION, REPO, DevServer, dagster_dev
 
+pytestmark = pytest.mark.slow  # starts `dagster dev` and chromium on the session's served platform
+
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]

@@ -129,12 +129,13 @@ def test_every_asset_has_a_code_version_that_follows_its_source(tmp_path, monkey
 
 def test_loading_the_definitions_imports_no_model_library():
     """torch and LightGBM load in the step that uses them, not with the definitions (the UI, the daemon and
-    every `dg` command load them; benchmarks/bench_import.py measures the time). Fresh interpreter, so nothing
-    this test session imported counts."""
+    every `dg` command load them; benchmarks/bench_import.py measures the time). Nor does the catalogue of
+    installed component types, which would import dagster-aws's components with boto3 and, through them,
+    alembic (definitions.load_defs_folder). Fresh interpreter, so nothing this test session imported counts."""
     import subprocess
     import sys
 
-    heavy = ("torch", "lightgbm", "sklearn", "matplotlib")
+    heavy = ("torch", "lightgbm", "sklearn", "scipy", "pandas", "matplotlib", "dagster_aws", "boto3", "alembic")
     code = ("import sys; from ple_platform.definitions import load_definitions; d = load_definitions(); "
             "assert d.resolve_asset_graph().get_all_asset_keys(); "
             f"print('loaded:' + ','.join(m for m in {heavy!r} if m in sys.modules))")

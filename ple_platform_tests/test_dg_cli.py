@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each test starts the `dg` CLI, which loads the project in a fresh interpreter
+
 ROOT = Path(__file__).parent.parent
 
 

@@ -481,6 +481,7 @@ def _start_pool_holder(tmp_path, monkeypatch, script=None):
                             env={**os.environ, "DAGSTER_HOME": str(home)})
 
 
+@pytest.mark.slow  # starts a run process that holds the pool and SIGKILLs it
 @pytest.mark.parametrize("launched_by", ["cli", "untagged"])
 def test_a_killed_run_is_recovered_and_the_next_run_gets_the_pool(tmp_path, monkeypatch, launched_by):
     """SIGKILL a run holding the warehouse pool: its slot stays claimed (the defect); recovery fails the dead run
@@ -520,6 +521,7 @@ def test_a_killed_run_is_recovered_and_the_next_run_gets_the_pool(tmp_path, monk
         assert time.monotonic() - t0 < 60
 
 
+@pytest.mark.slow  # starts a run process that holds the pool
 @pytest.mark.parametrize("launched_by", ["cli", "untagged"])
 def test_a_live_run_is_not_recovered(tmp_path, monkeypatch, launched_by):
     import os
@@ -620,6 +622,7 @@ def test_sigkill_mid_raw_and_mid_features_then_a_rerun_completes_with_a_clean_ru
     assert _stored_hashes(killed, tables) == expected
 
 
+@pytest.mark.slow  # starts the CLI and a pool-holding run process
 def test_a_command_waiting_for_a_held_pool_says_so_and_stops_on_ctrl_c(tmp_path, monkeypatch, landing_dir):
     """A live run holds the warehouse pool: ``ple-platform materialize`` names the holder, waits, and SIGINT ends
     it within seconds with exit code 130 (a run waiting inside Dagster's executor ignored Ctrl-C for > 30 s)."""

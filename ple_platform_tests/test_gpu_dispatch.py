@@ -30,6 +30,7 @@ def _teacher_data(settings: Settings):
         return load_teacher_data(con, date.fromisoformat(MONTH), date.fromisoformat(PIPELINE_FIT_END), TINY)
 
 
+@pytest.mark.slow  # the archive of real teacher inputs: reads the materialized pipeline
 def test_inputs_archive_round_trips_every_array_and_rejects_foreign_bytes(pipeline_env):
     data = _teacher_data(pipeline_env)
     back, month, settings = unpack_teacher_inputs(pack_teacher_inputs(data, date.fromisoformat(MONTH), TINY))
@@ -49,6 +50,7 @@ def test_inputs_archive_round_trips_every_array_and_rejects_foreign_bytes(pipeli
         unpack_teacher_inputs(b"not an archive")
 
 
+@pytest.mark.slow  # trains the teacher in a worker process on the materialized pipeline
 def test_teacher_trains_through_pipes_subprocess_like_the_in_process_fit(pipeline_env, tmp_path):
     resources = build_resources(pipeline_env)
     assert resources["gpu"].mode == "subprocess"  # the embedded default
@@ -86,6 +88,7 @@ def test_teacher_trains_through_pipes_subprocess_like_the_in_process_fit(pipelin
     assert all(torch.equal(remote_state[k], local_state[k]) for k in local_state)
 
 
+@pytest.mark.slow  # starts the Pipes worker process twice
 def test_worker_failure_surfaces_its_error_in_the_step(platform_env):
     """A wrong inputs hash (or any worker error) fails the asset with the worker's own message."""
     store = artifact_store_from_uri(platform_env.artifacts_uri)

@@ -53,6 +53,7 @@ SENSOR_DEFS = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow  # starts a PostgreSQL server
 def test_materialization_checks_and_sensor_ticks_are_stored_in_postgres(prod_instance_home, tmp_path):
     from dagster._core.test_utils import create_test_daemon_workspace_context
     from dagster._core.workspace.load_target import PythonFileTarget

@@ -34,6 +34,8 @@ from ple_platform_tests.pipeline_helpers import (
     tick,
 )
 
+pytestmark = pytest.mark.slow  # trains teachers and students and promotes them on the materialized pipeline
+
 M5, M6 = "2015-05-01", "2015-06-01"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, pipeline_data, landing_dir):

@@ -17,6 +17,8 @@ from ple_platform.core.recommend.glossary import concept_for, format_percent
 from ple_platform.core.recommend.monthly import PROTECTED_COLUMNS, PROTECTED_CONCEPTS, TABLE
 from ple_platform.defs.governance.reports import ComplianceReportConfig, compliance_report
 
+pytestmark = pytest.mark.slow  # reads the session's served platform (the pipeline, a champion, a served month)
+
 M5, M6 = "2015-05-01", "2015-06-01"
 REPORT_CFG = dg.RunConfig({"compliance_report": ComplianceReportConfig(n_boot=10, min_group_size=30)})
 

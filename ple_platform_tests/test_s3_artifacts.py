@@ -13,6 +13,8 @@ import pytest
 
 from ple_platform.core.storage import ArtifactNotFound, artifact_store_from_uri, sha256_bytes
 
+pytestmark = pytest.mark.slow  # starts a moto S3 server process
+
 
 def _free_port() -> int:
     with socket.socket() as s:

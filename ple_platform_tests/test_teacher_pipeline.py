@@ -6,6 +6,7 @@ from datetime import date
 
 import dagster as dg
 import duckdb
+import pytest
 import torch
 
 from ple_platform.core.model.assessment import MODELS
@@ -15,6 +16,8 @@ from ple_platform.core.tasks.spec import TASKS
 from ple_platform.defs.resources import build_resources
 from ple_platform.defs.training.assets import EvaluationRunConfig, TeacherRunConfig, ple_teacher, teacher_evaluation
 from ple_platform_tests.conftest import TINY_TEACHER, materialize
+
+pytestmark = pytest.mark.slow  # trains and evaluates the teacher on the materialized pipeline
 
 MONTH = "2015-06-01"
 
