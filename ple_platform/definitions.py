@@ -29,7 +29,7 @@ def load_defs_folder() -> dg.Definitions:
     The root adds two things this project does not use, and one of them is most of the load time: a catalogue
     of every component type installed in the environment (Dagster's ``dagster_dg_cli.registry_modules`` entry
     points, shown in the UI's Docs tab). ``dagster-aws`` registers one, and importing it loads boto3, the
-    Athena and Secrets Manager resources and, through them, ``dagster._core.test_utils`` with alembic and
+    Athena and Secrets Manager resources and, through them, Dagster's internal test utilities with alembic and
     sqlalchemy: ~2.5 s of every `dg` command, `dagster dev`, the daemon and each run worker
     (docs/benchmarks.md, fast feedback). The other is app-managed components (created in the Dagster+ UI).
     ``dg list components`` still lists the installed types; it reads the entry points itself.
